@@ -1,0 +1,77 @@
+"""Every knob llada_jax has, with its default. Other configs import this and override a few fields.
+
+Defaults follow the LLaDA paper's 8B pretraining run (../shared/LLADA_SPEC.md) except the model shape,
+which is a small one so that a bare `--config=configs/base.py` runs anywhere.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # The mask predictor: a LLaMA-style Transformer, bidirectional unless causal=True (AR baseline).
+    c.model = ml_collections.ConfigDict()
+    c.model.vocab_size = 126464  # rows of the embedding / columns of the output head
+    c.model.d_model = 512
+    c.model.n_layers = 8
+    c.model.n_heads = 8
+    c.model.n_kv_heads = 0  # 0: same as n_heads (multi-head attention, as in the released models)
+    c.model.head_dim = 0  # 0: d_model // n_heads
+    c.model.mlp_hidden = 1536
+    c.model.max_seq_len = 4096
+    c.model.rope_theta = 500000.0
+    c.model.rms_norm_eps = 1e-5
+    c.model.init_std = 0.02
+    c.model.causal = False  # True: the autoregressive baseline used in scaling sweeps
+    c.model.dtype = "bfloat16"  # compute dtype; params stay in param_dtype
+    c.model.param_dtype = "float32"
+    c.model.scan_layers = True  # lax.scan over the stacked layers (fast compiles) or an unrolled loop
+    c.model.remat = "none"  # none | full | save_dots
+    c.model.attention = "auto"  # auto | xla | cudnn (jax.nn.dot_product_attention implementation)
+    c.model.mask_token_id = 126336
+    c.model.eos_token_id = 126081
+    c.model.pad_token_id = 126081
+
+    # Device mesh. -1 takes whatever devices the other axes leave.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.mesh.tensor = 1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.objective = "mdm"  # mdm (masked diffusion pretraining) | ar (next-token baseline)
+    c.train.steps = 1000
+    c.train.global_batch_size = 8  # sequences per optimizer step, over all processes
+    c.train.grad_accum_steps = 1  # micro-batches per step; global_batch_size must divide evenly
+    c.train.seq_len = 512
+    c.train.seed = 0
+    c.train.mask_eps = 1e-3  # p = (1 - eps) * t + eps
+    c.train.random_length_fraction = 0.01  # share of sequences cut to a random length U[1, seq_len]
+    c.train.log_every = 10
+    c.train.eval_every = 0  # 0: only at the end
+    c.train.eval_batches = 4
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 4e-4
+    c.optimizer.schedule = "wsd"  # wsd | cosine | constant
+    c.optimizer.warmup_steps = 2000
+    # Warmup-stable-decay, as fractions of train.steps (paper: 4e-4 until 1.2T of 2.3T tokens, 1e-4 until
+    # 2.0T, then linear to 1e-5).
+    c.optimizer.wsd_drop_at = 1.2 / 2.3
+    c.optimizer.wsd_drop_ratio = 0.25
+    c.optimizer.wsd_decay_from = 2.0 / 2.3
+    c.optimizer.final_ratio = 0.025  # final lr / peak lr (wsd and cosine)
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.1
+    c.optimizer.grad_clip = 1.0  # global-norm clipping; 0 disables
+
+    c.data = ml_collections.ConfigDict()
+    c.data.tokenizer = "byte"  # byte: no tokenizer file needed
+    c.data.source = "pydoc"  # pydoc: CPython's bundled documentation (no download) | text: files in data.path
+    c.data.path = ""  # glob of UTF-8 text files when source == "text"
+    c.data.include_stdlib_source = False  # pydoc source: also the standard library's .py files
+    c.data.eval_fraction = 0.05  # tail of the corpus held out for eval loss
+
+    return c

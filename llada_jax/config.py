@@ -1,0 +1,210 @@
+"""Config loading, command-line overrides and start-up validation.
+
+Configs are ml_collections ConfigDicts from `configs/*.py` (each has `get_config()`), overridden on the
+command line with `--config.train.steps=200`. Everything a user can get wrong is checked here, before any
+array is allocated, so a mistake costs one clear sentence instead of a traceback from inside jit.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import os
+from typing import Sequence
+
+import ml_collections
+
+REMAT_POLICIES = ("none", "full", "save_dots")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+DTYPES = ("float32", "bfloat16", "float16")
+OBJECTIVES = ("mdm", "ar")
+SCHEDULES = ("wsd", "cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A user-fixable problem with the config; the message names the value and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Typed, fully resolved view of `config.model` (no 0-means-default fields left)."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    mlp_hidden: int
+    max_seq_len: int = 4096
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    causal: bool = False
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat: str = "none"
+    attention: str = "auto"
+    mask_token_id: int = 126336
+    eos_token_id: int = 126081
+    pad_token_id: int = 126081
+
+    @classmethod
+    def from_config(cls, model_cfg) -> "ModelConfig":
+        d = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {sorted(unknown)}; see configs/base.py for the valid ones")
+        if not d.get("n_kv_heads"):
+            d["n_kv_heads"] = d["n_heads"]
+        if not d.get("head_dim"):
+            if d["n_heads"] <= 0 or d["d_model"] % d["n_heads"]:
+                raise ConfigError(
+                    f"model.d_model={d['d_model']} is not divisible by model.n_heads={d['n_heads']}; "
+                    "change one of them or set model.head_dim explicitly"
+                )
+            d["head_dim"] = d["d_model"] // d["n_heads"]
+        return cls(**d)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `get_config()` from a config file and applies `--config.a.b=value` style overrides."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist; pass e.g. --config=configs/tiny.py")
+    spec = importlib.util.spec_from_file_location(f"_llada_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} has no get_config() function; add one that returns a ConfigDict")
+    config = module.get_config()
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+    """Sets one `train.steps=200` (a leading `--config.` is accepted) with the field's own type."""
+    item = item[len("--"):] if item.startswith("--") else item
+    item = item[len("config."):] if item.startswith("config.") else item
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} has no value; write it as --config.{item}=VALUE")
+    dotted, raw = item.split("=", 1)
+    *parents, leaf = dotted.split(".")
+    node = config
+    for name in parents:
+        if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+            raise ConfigError(f"unknown config section {dotted!r}; see configs/base.py for the valid fields")
+        node = node[name]
+    if leaf not in node:
+        raise ConfigError(f"unknown config field {dotted!r}; see configs/base.py for the valid fields")
+    old = node[leaf]
+    try:
+        value = _parse_like(raw, old)
+    except ValueError:
+        raise ConfigError(
+            f"--config.{dotted}={raw!r} is not a valid {type(old).__name__}; give a value like {old!r}"
+        ) from None
+    node[leaf] = value
+
+
+def _parse_like(raw: str, old):
+    if isinstance(old, bool):
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(raw)
+    if isinstance(old, int):
+        value = ast.literal_eval(raw)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(raw)
+        return value
+    if isinstance(old, float):
+        return float(raw)
+    if isinstance(old, str):
+        return raw
+    value = ast.literal_eval(raw)
+    return value
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """Raises ConfigError with one sentence for the first invalid value found."""
+    from llada_jax import sharding  # local import: sharding imports jax, config must stay light
+
+    m = config.model
+    mc = ModelConfig.from_config(m)
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
+        if getattr(mc, name) <= 0:
+            raise ConfigError(f"model.{name}={getattr(mc, name)} must be positive")
+    if mc.n_heads % mc.n_kv_heads:
+        raise ConfigError(
+            f"model.n_heads={mc.n_heads} is not a multiple of model.n_kv_heads={mc.n_kv_heads}; "
+            "grouped-query attention needs n_heads divisible by n_kv_heads"
+        )
+    if mc.head_dim % 2:
+        raise ConfigError(f"head_dim={mc.head_dim} is odd; rotary embeddings need an even head dimension")
+    if mc.remat not in REMAT_POLICIES:
+        raise ConfigError(f"model.remat={mc.remat!r} is not a known remat policy; use one of {REMAT_POLICIES}")
+    if mc.attention not in ATTENTION_IMPLS:
+        raise ConfigError(f"model.attention={mc.attention!r} is unknown; use one of {ATTENTION_IMPLS}")
+    for name in ("dtype", "param_dtype"):
+        if getattr(mc, name) not in DTYPES:
+            raise ConfigError(f"model.{name}={getattr(mc, name)!r} is not a supported dtype; use one of {DTYPES}")
+    for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
+        if not 0 <= getattr(mc, name) < mc.vocab_size:
+            raise ConfigError(
+                f"model.{name}={getattr(mc, name)} is outside the vocabulary [0, {mc.vocab_size}); "
+                "set it to an id of your tokenizer or grow model.vocab_size"
+            )
+
+    t = config.train
+    if t.objective not in OBJECTIVES:
+        raise ConfigError(f"train.objective={t.objective!r} is unknown; use one of {OBJECTIVES}")
+    if t.objective == "ar" and not mc.causal:
+        raise ConfigError("train.objective='ar' needs model.causal=True (the autoregressive baseline)")
+    if t.objective == "mdm" and mc.causal:
+        raise ConfigError("train.objective='mdm' needs model.causal=False; a mask predictor is bidirectional")
+    for name in ("steps", "global_batch_size", "grad_accum_steps", "seq_len", "log_every"):
+        if t[name] <= 0:
+            raise ConfigError(f"train.{name}={t[name]} must be a positive integer")
+    if t.seq_len > mc.max_seq_len:
+        raise ConfigError(f"train.seq_len={t.seq_len} exceeds model.max_seq_len={mc.max_seq_len}; lower one or raise the other")
+    if t.global_batch_size % t.grad_accum_steps:
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by "
+            f"train.grad_accum_steps={t.grad_accum_steps}; micro-batches must be equal"
+        )
+    if not 0.0 < t.mask_eps < 1.0:
+        raise ConfigError(f"train.mask_eps={t.mask_eps} must be in (0, 1)")
+    if not 0.0 <= t.random_length_fraction <= 1.0:
+        raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
+
+    o = config.optimizer
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"optimizer.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}")
+    if o.lr <= 0:
+        raise ConfigError(f"optimizer.lr={o.lr} must be positive")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optimizer.warmup_steps={o.warmup_steps} must be >= 0")
+    if o.schedule == "wsd" and not 0.0 <= o.wsd_drop_at <= o.wsd_decay_from <= 1.0:
+        raise ConfigError(
+            f"optimizer.wsd_drop_at={o.wsd_drop_at} and wsd_decay_from={o.wsd_decay_from} must satisfy "
+            "0 <= drop_at <= decay_from <= 1 (fractions of train.steps)"
+        )
+    for name in ("b1", "b2"):
+        if not 0.0 <= o[name] < 1.0:
+            raise ConfigError(f"optimizer.{name}={o[name]} must be in [0, 1)")
+    if o.grad_clip < 0 or o.weight_decay < 0:
+        raise ConfigError("optimizer.grad_clip and optimizer.weight_decay must be >= 0")
+
+    shape = sharding.mesh_shape(config.mesh, device_count)
+    batch_shards = shape["data"] * shape["fsdp"]
+    micro = t.global_batch_size // t.grad_accum_steps
+    if micro % batch_shards:
+        raise ConfigError(
+            f"the micro-batch of {micro} sequences (train.global_batch_size / train.grad_accum_steps) does not "
+            f"split over mesh data*fsdp={batch_shards} devices; make it a multiple of {batch_shards}"
+        )

@@ -1,0 +1,1 @@
+"""Input side of llada_jax: vocabularies and the batches that feed the train step."""

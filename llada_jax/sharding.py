@@ -1,0 +1,132 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes.
+
+Model code names array dimensions logically ("embed", "mlp", "heads", "vocab", "batch"); this file alone
+knows the mesh axes (data, fsdp, tensor). The same code runs on 1 CPU device and on a pod slice: only the
+mesh shape changes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from llada_jax.config import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or tuple of axes, or None for replicated).
+LOGICAL_AXIS_RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "act_embed": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "norm": None,
+    "layers": None,
+}
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
+    """Resolves the config's mesh sizes (-1 = fill) against the number of devices."""
+    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
+    fills = [axis for axis, size in sizes.items() if size == -1]
+    bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
+    if bad or len(fills) > 1:
+        raise ConfigError(
+            f"mesh {sizes} is invalid; give each of {MESH_AXES} a positive size, with at most one -1 to fill the rest"
+        )
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if fills:
+        if device_count % fixed:
+            raise ConfigError(
+                f"mesh {sizes} cannot fill {device_count} devices: {device_count} is not divisible by {fixed}"
+            )
+        sizes[fills[0]] = device_count // fixed
+    if math.prod(sizes.values()) != device_count:
+        raise ConfigError(
+            f"mesh {sizes} multiplies to {math.prod(sizes.values())} but there are {device_count} devices; "
+            "make data*fsdp*tensor equal the device count (or set one axis to -1)"
+        )
+    return sizes
+
+
+def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Mesh over all devices (or the given ones) with Auto axes: GSPMD propagates from our annotations."""
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    sizes = mesh_shape(mesh_cfg, len(jax.devices()) if devices is None else len(devices))
+    shape = tuple(sizes[axis] for axis in MESH_AXES)
+    if devices is None:  # let JAX order devices for the physical topology (ICI rings on TPU)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None = None, mesh=None) -> P:
+    """PartitionSpec for a tuple of logical names.
+
+    With `shape` and `mesh`, a dimension that the mapped mesh axes do not divide is replicated instead
+    (e.g. a 259-entry byte vocabulary over tensor=2); a mesh axis is used at most once per array.
+    """
+    used: set[str] = set()
+    spec = []
+    for dim, name in enumerate(logical):
+        if name is not None and name not in LOGICAL_AXIS_RULES:
+            raise KeyError(f"logical axis {name!r} has no rule in sharding.LOGICAL_AXIS_RULES")
+        target = LOGICAL_AXIS_RULES.get(name) if name is not None else None
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if a not in used)
+        if mesh is not None:
+            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+            if shape is not None and shape[dim] % math.prod(mesh.shape[a] for a in axes):
+                axes = ()
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*spec)
+
+
+def named_sharding(mesh: Mesh, logical: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical, shape, mesh))
+
+
+def tree_shardings(mesh: Mesh, logical_tree, abstract_tree):
+    """Shardings for a tree of arrays given a same-structured tree of logical-name tuples."""
+    return jax.tree.map(
+        lambda names, x: named_sharding(mesh, names, x.shape),
+        logical_tree,
+        abstract_tree,
+        is_leaf=lambda n: isinstance(n, tuple),
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    return named_sharding(mesh, ("batch",) + ("length",) * (ndim - 1))
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+    """Activation sharding hint; a no-op outside a mesh context (plain single-device use)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, x.shape, mesh))
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's slice of the batch into global arrays sharded over the batch axes.
+
+    Every process passes its own rows (global_batch_size / process_count of them); the result is one
+    logical array spanning all hosts, as the jitted step expects.
+    """
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+        for k, v in local.items()
+    }

@@ -1,0 +1,29 @@
+"""Packaging for llada_jax: the `llada-jax` console script and the JAX/TPU stack it runs on."""
+from setuptools import find_packages, setup
+
+setup(
+    name="llada-jax",
+    version="0.1.0",
+    description="Pretrain, fine-tune, sample and evaluate LLaDA-style masked diffusion language models in JAX.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llada_jax", "llada_jax.*"]),
+    install_requires=[
+        "jax>=0.6.0",
+        "flax>=0.12.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "tensorstore>=0.1.70",
+        "seqio>=0.0.19",
+        "grain>=0.2.10",
+        "ml-collections>=1.0.0",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # 2.13.0 is the CPU build this project's machines have on disk; any later 2.x works too.
+        "torch": ["torch>=2.4", "safetensors>=0.4"],
+        "dev": ["pytest>=8.0", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["llada-jax=llada_jax.cli:main"]},
+)
