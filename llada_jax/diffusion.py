@@ -1,0 +1,84 @@
+"""The masked-diffusion forward process and the training objectives, as pure functions of arrays.
+
+Forward process: per sequence t ~ U(0, 1), p = (1 - eps) t + eps, each (maskable) token replaced by the mask
+id independently with probability p. Pretraining loss: sum over masked positions of CE / p, divided by the
+sequence length, averaged over the batch -- an upper bound on the NLL (the ELBO). SFT: the prompt is never
+masked and the sum is divided by the response length. The AR baseline's next-token loss lives here too so
+scaling sweeps compare both objectives in the same units (nats per token).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def mask_probability(t: jax.Array, eps: float) -> jax.Array:
+    return (1.0 - eps) * t + eps
+
+
+def forward_process(key, tokens, mask_id: int, eps: float, maskable=None, t=None):
+    """Masks `tokens` [B, T]; returns (noisy tokens, masked [B, T] bool, p [B]).
+
+    `maskable` excludes positions (prompt tokens in SFT, padding); `t` [B] fixes the noise levels (eval)
+    instead of drawing them.
+    """
+    key_t, key_m = jax.random.split(key)
+    if t is None:
+        t = jax.random.uniform(key_t, (tokens.shape[0],))
+    p = mask_probability(t, eps)
+    masked = jax.random.uniform(key_m, tokens.shape) < p[:, None]
+    if maskable is not None:
+        masked = masked & maskable
+    return jnp.where(masked, mask_id, tokens), masked, p
+
+
+def random_lengths(key, batch: int, seq_len: int, fraction: float) -> jax.Array:
+    """Per-sequence lengths: a `fraction` of sequences cut to U{1..seq_len}, the rest seq_len.
+
+    LLaDA cuts 1% of pretraining sequences so the model also sees short inputs; with static shapes the cut
+    becomes a validity mask (the tail is padding, invisible to attention and the loss).
+    """
+    key_pick, key_len = jax.random.split(key)
+    cut = jax.random.uniform(key_pick, (batch,)) < fraction
+    lengths = jax.random.randint(key_len, (batch,), 1, seq_len + 1)
+    return jnp.where(cut, lengths, seq_len)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-position CE in float32: logsumexp(logits) - logits[target]."""
+    logits = logits.astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+
+def _weighted_masked_loss(logits, targets, masked, p, normaliser):
+    """mean_b [ sum_i masked_bi * CE_bi / p_b / normaliser_b ] plus accuracy counts on masked tokens."""
+    ce = cross_entropy(logits, targets)
+    maskf = masked.astype(jnp.float32)
+    per_seq = jnp.sum(ce * maskf, axis=-1) / p / jnp.maximum(normaliser.astype(jnp.float32), 1.0)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32) * maskf
+    aux = {"masked_correct": jnp.sum(correct), "masked_tokens": jnp.sum(maskf), "masked_ce_sum": jnp.sum(ce * maskf)}
+    return jnp.mean(per_seq), aux
+
+
+def pretrain_loss(logits, targets, masked, p, lengths=None):
+    """LLaDA pretraining loss; `lengths` [B] (default: full rows) is each sequence's unpadded length."""
+    if lengths is None:
+        lengths = jnp.full(targets.shape[:1], targets.shape[1])
+    return _weighted_masked_loss(logits, targets, masked, p, lengths)
+
+
+def sft_loss(logits, targets, masked, p, response_mask):
+    """LLaDA SFT loss: masked response CE / p, normalised per example by its response length (EOS padding
+    counts as response), averaged over the batch. `masked` must already exclude the prompt."""
+    return _weighted_masked_loss(logits, targets, masked, p, jnp.sum(response_mask, axis=-1))
+
+
+def ar_loss(logits, tokens, valid=None):
+    """Next-token NLL averaged over predicted positions (the autoregressive baseline)."""
+    ce = cross_entropy(logits[:, :-1], tokens[:, 1:])
+    w = jnp.ones_like(ce) if valid is None else (valid[:, 1:] & valid[:, :-1]).astype(jnp.float32)
+    correct = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32) * w
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    aux = {"masked_correct": jnp.sum(correct), "masked_tokens": jnp.sum(w), "masked_ce_sum": jnp.sum(ce * w)}
+    return jnp.sum(ce * w) / n, aux

@@ -1,0 +1,208 @@
+"""TrainState, the learning-rate schedule, and the jitted masked-diffusion train step.
+
+One `jax.jit` with explicit in/out shardings and a donated state does the whole step: mask, forward,
+loss, gradients (accumulated over micro-batches with lax.scan), clipping and AdamW. The same function runs
+on one CPU device and on a pod slice; only the mesh differs. The loop that feeds it lives in loop.py.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from llada_jax import diffusion, sharding
+from llada_jax import model as model_lib
+from llada_jax.config import ModelConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def lr_schedule(opt_cfg, total_steps: int):
+    """Warmup then wsd (LLaDA's warmup-stable-decay), cosine or constant, as an optax schedule."""
+    peak, warmup = opt_cfg.lr, int(opt_cfg.warmup_steps)
+    final = peak * opt_cfg.final_ratio
+    if opt_cfg.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    elif opt_cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1), alpha=opt_cfg.final_ratio)
+    else:
+        drop = int(round(opt_cfg.wsd_drop_at * total_steps))
+        decay_from = int(round(opt_cfg.wsd_decay_from * total_steps))
+        drop_lr = peak * opt_cfg.wsd_drop_ratio
+
+        def after(count):  # count: steps since the end of warmup
+            s = count + warmup
+            decay_len = max(total_steps - decay_from, 1)
+            frac = jnp.clip((s - decay_from) / decay_len, 0.0, 1.0)
+            return jnp.where(s < drop, peak, jnp.where(s < decay_from, drop_lr, drop_lr + frac * (final - drop_lr)))
+
+    if warmup == 0:
+        return after
+    # Linear warmup from 0 at step 0, reaching the peak at step `warmup`.
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def make_optimizer(opt_cfg, total_steps: int):
+    schedule = lr_schedule(opt_cfg, total_steps)
+    chain = []
+    if opt_cfg.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(opt_cfg.grad_clip))
+    chain.append(optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+                             weight_decay=opt_cfg.weight_decay, mask=_decay_mask))
+    return optax.chain(*chain), schedule
+
+
+def _decay_mask(params):
+    """Weight decay on projection and embedding matrices; RMSNorm weights are exempt."""
+    def decays(path, _):
+        name = getattr(path[-1], "key", "")
+        return not (name.endswith("_norm") or name == "ln_f")
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def compute_loss(graphdef, config, params, batch, key):
+    """Loss and metric sums for one (micro-)batch. The objective picks the noising and the loss."""
+    t = config.train
+    m = config.model
+    tokens = batch["tokens"]
+    b, seq = tokens.shape
+    key_len, key_mask = jax.random.split(key)
+    segment_ids = batch.get("segment_ids")
+    if "lengths" in batch:  # eval passes explicit lengths; training draws the random-length crop
+        lengths = batch["lengths"]
+    elif t.random_length_fraction > 0 and t.objective != "sft":
+        lengths = diffusion.random_lengths(key_len, b, seq, t.random_length_fraction)
+    else:
+        lengths = jnp.full((b,), seq)
+    valid = jnp.arange(seq)[None, :] < lengths[:, None]
+    if segment_ids is None:
+        segment_ids = valid.astype(jnp.int32)  # 0 marks padding: it attends only to itself
+    else:
+        segment_ids = jnp.where(valid, segment_ids, 0)
+
+    if t.objective == "ar":
+        logits = model_lib.apply(graphdef, params, tokens, segment_ids=segment_ids)
+        return diffusion.ar_loss(logits, tokens, valid)
+
+    maskable = valid
+    if t.objective == "sft":
+        maskable = valid & ~batch["prompt_mask"]
+    noisy, masked, p = diffusion.forward_process(key_mask, tokens, m.mask_token_id, t.mask_eps, maskable,
+                                                 t=batch.get("t"))
+    logits = model_lib.apply(graphdef, params, noisy, segment_ids=segment_ids)
+    if t.objective == "sft":
+        return diffusion.sft_loss(logits, tokens, masked, p, valid & ~batch["prompt_mask"])
+    return diffusion.pretrain_loss(logits, tokens, masked, p, lengths)
+
+
+def step_key(seed: int, step) -> jax.Array:
+    """The step's randomness depends only on (seed, step): a resumed run draws what an uninterrupted one would."""
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def train_step(graphdef, config, tx, state: TrainState, batch):
+    """One optimizer step over `grad_accum_steps` equal micro-batches."""
+    n_micro = config.train.grad_accum_steps
+    key = step_key(config.train.seed, state.step)
+    grad_fn = jax.value_and_grad(lambda p, mb, k: compute_loss(graphdef, config, p, mb, k), has_aux=True)
+
+    def micro(carry, xs):
+        grads_sum, loss_sum, aux_sum = carry
+        mb, i = xs
+        (loss, aux), grads = grad_fn(state.params, mb, jax.random.fold_in(key, i))
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        aux_sum = jax.tree.map(jnp.add, aux_sum, aux)
+        return (grads_sum, loss_sum + loss, aux_sum), None
+
+    micro_batches = jax.tree.map(lambda x: x.reshape((n_micro, x.shape[0] // n_micro) + x.shape[1:]), batch)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    aux0 = {k: jnp.zeros((), jnp.float32) for k in ("masked_correct", "masked_tokens", "masked_ce_sum")}
+    if n_micro == 1:
+        (grads, loss, aux), _ = micro((zeros, 0.0, aux0), (jax.tree.map(lambda x: x[0], micro_batches), 0))
+    else:
+        (grads, loss, aux), _ = jax.lax.scan(micro, (zeros, 0.0, aux0), (micro_batches, jnp.arange(n_micro)))
+    grads = jax.tree.map(lambda g: g / n_micro, grads)
+    loss = loss / n_micro
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "masked_accuracy": aux["masked_correct"] / jnp.maximum(aux["masked_tokens"], 1.0),
+        "masked_tokens": aux["masked_tokens"],
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(graphdef, config, params, batch):
+    """Loss with fixed noise: `t` stratified over the batch rows and a fixed key, so curves are comparable."""
+    b = batch["tokens"].shape[0]
+    batch = dict(batch)
+    batch.setdefault("lengths", jnp.full((b,), batch["tokens"].shape[1]))
+    batch.setdefault("t", (jnp.arange(b) + 0.5) / b)
+    loss, aux = compute_loss(graphdef, config, params, batch, jax.random.key(12345))
+    return {"loss": loss, **aux}
+
+
+class Trainer:
+    """Builds the sharded state and the compiled step for a config on a mesh."""
+
+    def __init__(self, config, mesh):
+        self.config, self.mesh = config, mesh
+        self.model_cfg = ModelConfig.from_config(config.model)
+        self.graphdef, abstract_params, self.param_names = model_lib.split_model(
+            model_lib.abstract_model(self.model_cfg))
+        self.tx, self.schedule = make_optimizer(config.optimizer, config.train.steps)
+        param_sh = sharding.tree_shardings(mesh, self.param_names, abstract_params)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        opt_sh = optax.tree_map_params(
+            self.tx, lambda _, s: s, abstract_opt, param_sh,
+            transform_non_params=lambda _: sharding.replicated(mesh),
+        )
+        self.state_shardings = TrainState(step=sharding.replicated(mesh), params=param_sh, opt_state=opt_sh)
+        self.abstract_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                                         opt_state=abstract_opt)
+        batch_sh = sharding.batch_sharding(mesh)
+        rep = sharding.replicated(mesh)
+        self._step = jax.jit(
+            lambda state, batch: train_step(self.graphdef, config, self.tx, state, batch),
+            in_shardings=(self.state_shardings, batch_sh),
+            out_shardings=(self.state_shardings, rep),
+            donate_argnums=0,
+        )
+        self._eval = jax.jit(lambda params, batch: eval_step(self.graphdef, config, params, batch),
+                             in_shardings=(param_sh, batch_sh), out_shardings=rep)
+
+    def init_state(self) -> TrainState:
+        """Params and optimizer state created directly in their shards (never whole on one device)."""
+        cfg, seed = self.model_cfg, self.config.train.seed
+
+        def init():
+            params = model_lib.split_model(model_lib.Transformer(cfg, nnx.Rngs(params=seed)))[1]
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+
+        with jax.set_mesh(self.mesh):
+            return jax.jit(init, out_shardings=self.state_shardings)()
+
+    def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+        with jax.set_mesh(self.mesh):
+            return self._step(state, batch)
+
+    def evaluate(self, params, batches) -> float:
+        """Mean eval loss over fixed held-out batches."""
+        if not batches:
+            return math.nan
+        with jax.set_mesh(self.mesh):
+            losses = [self._eval(params, sharding.global_batch(b, self.mesh))["loss"] for b in batches]
+        return float(jnp.mean(jnp.stack(losses)))
