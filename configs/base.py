@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.tokenizer = "byte"  # byte: no tokenizer file needed
+    c.data.tokenizer_path = ""  # folder or file of a tokenizer that needs one
     c.data.source = "pydoc"  # pydoc: CPython's bundled documentation (no download) | text: files in data.path
     c.data.path = ""  # glob of UTF-8 text files when source == "text"
     c.data.include_stdlib_source = False  # pydoc source: also the standard library's .py files

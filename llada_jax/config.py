@@ -17,7 +17,7 @@ import ml_collections
 REMAT_POLICIES = ("none", "full", "save_dots")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
-OBJECTIVES = ("mdm", "ar")
+OBJECTIVES = ("mdm", "sft", "ar")
 SCHEDULES = ("wsd", "cosine", "constant")
 
 
@@ -165,8 +165,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         raise ConfigError(f"train.objective={t.objective!r} is unknown; use one of {OBJECTIVES}")
     if t.objective == "ar" and not mc.causal:
         raise ConfigError("train.objective='ar' needs model.causal=True (the autoregressive baseline)")
-    if t.objective == "mdm" and mc.causal:
-        raise ConfigError("train.objective='mdm' needs model.causal=False; a mask predictor is bidirectional")
+    if t.objective != "ar" and mc.causal:
+        raise ConfigError(f"train.objective={t.objective!r} needs model.causal=False; a mask predictor is bidirectional")
     for name in ("steps", "global_batch_size", "grad_accum_steps", "seq_len", "log_every"):
         if t[name] <= 0:
             raise ConfigError(f"train.{name}={t[name]} must be a positive integer")

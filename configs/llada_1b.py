@@ -1,0 +1,17 @@
+"""LLaDA 1B: 22 x 2048, 32 heads of 64, SwiGLU 5634 (~1.5B params with the 126464 vocabulary), paper recipe."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import llada_8b  # noqa: E402
+
+
+def get_config():
+    c = llada_8b.get_config()
+    c.model.d_model = 2048
+    c.model.n_layers = 22
+    c.model.n_heads = 32
+    c.model.n_kv_heads = 32
+    c.model.mlp_hidden = 5634
+    c.model.remat = "none"
+    return c

@@ -1,0 +1,18 @@
+"""Shared test fixtures: a tiny config built through the same loader and overrides users have."""
+import os
+
+from llada_jax.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+SMALL_MODEL = [
+    "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.mlp_hidden=64", "model.vocab_size=320",
+    "model.max_seq_len=64", "train.seq_len=16", "train.global_batch_size=8", "train.steps=4", "train.log_every=1",
+    "optimizer.warmup_steps=1",
+]
+
+
+def small_config(*overrides: str):
+    """configs/tiny.py shrunk to a model that compiles and steps in about a second."""
+    return load_config(TINY, SMALL_MODEL + list(overrides))

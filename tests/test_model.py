@@ -1,0 +1,138 @@
+"""The mask predictor: shapes, bidirectionality vs. causal, the spec's RMSNorm/RoPE, layer execution modes."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import model as M
+from llada_jax.config import ModelConfig
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, mlp_hidden=48,
+                  dtype="float32", rope_theta=10000.0)
+
+
+def logits_fn(cfg):
+    graphdef = M.split_model(M.abstract_model(cfg))[0]
+    return jax.jit(lambda p, t, s=None: M.apply(graphdef, p, t, segment_ids=s))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return M.init_params(CFG, 0)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return jax.random.randint(jax.random.key(1), (2, 12), 0, 64)
+
+
+def test_param_shapes_names_and_logical_axes():
+    _, abstract, names = M.split_model(M.abstract_model(CFG))
+    shapes = jax.tree.map(lambda x: x.shape, abstract)
+    assert shapes["wte"] == (64, 32) and shapes["ff_out"] == (32, 64) and shapes["ln_f"] == (32,)
+    assert shapes["blocks"]["q_proj"] == (2, 32, 4, 8)
+    assert shapes["blocks"]["attn_out"] == (2, 4, 8, 32)
+    assert shapes["blocks"]["ff_proj"] == (2, 32, 48) and shapes["blocks"]["ff_out"] == (2, 48, 32)
+    # every parameter carries one logical name per dimension; layer params start with "layers"
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+        axes = names
+        for k in path:
+            axes = axes[k.key]
+        assert len(axes) == leaf.ndim, path
+    assert names["blocks"]["up_proj"] == ("layers", "embed", "mlp")
+    n = sum(np.prod(x.shape) for x in jax.tree.leaves(abstract))
+    per_layer = 2 * 32 + 4 * 32 * 32 + 3 * 32 * 48
+    assert n == 2 * 64 * 32 + 32 + 2 * per_layer  # no biases anywhere
+
+
+def test_output_shape_and_dtype(params, tokens):
+    out = logits_fn(CFG)(params, tokens)
+    assert out.shape == (2, 12, 64) and out.dtype == jnp.float32
+    bf16 = logits_fn(dataclasses.replace(CFG, dtype="bfloat16"))(params, tokens)
+    assert bf16.dtype == jnp.float32  # logits always float32 for the loss
+    np.testing.assert_allclose(bf16, out, atol=0.05)
+
+
+def test_bidirectional_last_position_changes_first(params, tokens):
+    f = logits_fn(CFG)
+    changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % 64)
+    assert float(jnp.abs(f(params, tokens)[:, 0] - f(params, changed)[:, 0]).max()) > 1e-4
+
+
+def test_causal_mode_ignores_the_future(params, tokens):
+    f = logits_fn(dataclasses.replace(CFG, causal=True))
+    changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % 64)
+    a, b = f(params, tokens), f(params, changed)
+    np.testing.assert_array_equal(a[:, :-1], b[:, :-1])
+    assert float(jnp.abs(a[:, -1] - b[:, -1]).max()) > 1e-4
+
+
+def test_segment_ids_isolate_documents(params, tokens):
+    f = logits_fn(CFG)
+    seg = jnp.array([[1] * 6 + [2] * 6] * 2)
+    changed = tokens.at[:, 8].set((tokens[:, 8] + 3) % 64)
+    a, b = f(params, tokens, seg), f(params, changed, seg)
+    np.testing.assert_allclose(a[:, :6], b[:, :6], atol=1e-6)
+    assert float(jnp.abs(a[:, 6:] - b[:, 6:]).max()) > 1e-4
+
+
+@pytest.mark.parametrize("change", [dict(scan_layers=False), dict(remat="full"), dict(remat="save_dots", scan_layers=False)])
+def test_layer_execution_modes_agree(params, tokens, change):
+    ref = logits_fn(CFG)(params, tokens)
+    np.testing.assert_allclose(logits_fn(dataclasses.replace(CFG, **change))(params, tokens), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_remat_gradients_agree(params, tokens):
+    def grads(cfg):
+        graphdef = M.split_model(M.abstract_model(cfg))[0]
+        return jax.grad(lambda p: M.apply(graphdef, p, tokens).sum())(params)
+
+    a, b = grads(CFG), grads(dataclasses.replace(CFG, remat="full"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_grouped_query_attention_shapes_and_runs():
+    cfg = dataclasses.replace(CFG, n_kv_heads=2)
+    p = M.init_params(cfg, 0)
+    assert p["blocks"]["k_proj"].shape == (2, 32, 2, 8)
+    out = logits_fn(cfg)(p, jnp.zeros((1, 5), jnp.int32))
+    assert out.shape == (1, 5, 64) and bool(jnp.isfinite(out).all())
+
+
+def test_rms_norm_matches_spec_formula():
+    x = jnp.array([[1.0, -2.0, 3.0, 0.5]])
+    w = jnp.array([1.0, 2.0, 0.5, 1.0])
+    want = x / np.sqrt(np.mean(np.square(np.asarray(x))) + 1e-5) * w
+    np.testing.assert_allclose(M.rms_norm(x, w, 1e-5), want, rtol=1e-6)
+
+
+def test_rope_rotate_half_matches_hand_computation():
+    hd, theta = 4, 10000.0
+    x = jnp.arange(1.0, 5.0).reshape(1, 1, 1, hd)  # [x1 | x2] = [1, 2 | 3, 4]
+    pos = jnp.array([[3]])
+    cos, sin = M.rope_tables(pos, hd, theta)
+    out = np.asarray(M.apply_rope(x, cos, sin))[0, 0, 0]
+    inv = theta ** (-np.arange(0, hd, 2) / hd)  # [1, 0.01]
+    ang = 3 * inv
+    # rotate_half([1,2,3,4]) = [-3,-4,1,2]; each frequency rotates the pair (x_j, x_{j+hd/2}).
+    want = np.array([
+        1 * np.cos(ang[0]) - 3 * np.sin(ang[0]),
+        2 * np.cos(ang[1]) - 4 * np.sin(ang[1]),
+        3 * np.cos(ang[0]) + 1 * np.sin(ang[0]),
+        4 * np.cos(ang[1]) + 2 * np.sin(ang[1]),
+    ])
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+
+
+def test_rope_makes_attention_relative():
+    """q.k after RoPE depends only on the position difference."""
+    key = jax.random.key(3)
+    q, k = jax.random.normal(key, (2, 1, 1, 1, 8))
+    def score(pq, pk):
+        cq, sq = M.rope_tables(jnp.array([[pq]]), 8, 500000.0)
+        ck, sk = M.rope_tables(jnp.array([[pk]]), 8, 500000.0)
+        return float(jnp.sum(M.apply_rope(q, cq, sq) * M.apply_rope(k, ck, sk)))
+    assert score(5, 2) == pytest.approx(score(13, 10), rel=1e-5)
