@@ -1,0 +1,74 @@
+"""Train-step throughput and MFU for a config.
+
+    python benchmarks/train_step.py --config=configs/tiny.py [--steps=10] [--peak-tflops=989] [--config.X=Y ...]
+
+Prints params, FLOPs/token (6N + 12 * layers * seq * d_attn, see llada_jax/scaling.py), compile time, mean
+step time, tokens/s and MFU against the peak bf16 TFLOP/s of the device (known for TPU v4/v5e/v5p/v6e, H100,
+H200; give --peak-tflops elsewhere, e.g. for a CPU).
+"""
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from llada_jax import scaling, sharding
+from llada_jax.config import ModelConfig, load_config, validate
+from llada_jax.train import Trainer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="per-device peak; default: known chips")
+    args, rest = parser.parse_known_args()
+    config = load_config(args.config, rest)
+    validate(config, jax.device_count())
+    mcfg = ModelConfig.from_config(config.model)
+    t = config.train
+
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = Trainer(config, mesh)
+    state = trainer.init_state()
+    rng = np.random.default_rng(0)
+    local_rows = t.global_batch_size // jax.process_count()
+    batch = sharding.global_batch(
+        {"tokens": rng.integers(0, mcfg.vocab_size, (local_rows, t.seq_len)).astype(np.int32)}, mesh)
+
+    t0 = time.perf_counter()
+    state, metrics = trainer.step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = trainer.step(state, batch)
+    jax.block_until_ready(metrics)
+    step_s = (time.perf_counter() - t0) / args.steps
+
+    counts = scaling.param_counts(mcfg)
+    fpt = scaling.flops_per_token(mcfg, t.seq_len)
+    tokens = t.global_batch_size * t.seq_len
+    achieved = fpt * tokens / step_s
+    kind = jax.devices()[0].device_kind
+    peak = args.peak_tflops or scaling.peak_tflops(kind)
+    mfu = f"{100 * achieved / (peak * 1e12 * jax.device_count()):.1f}%" if peak else "n/a (pass --peak-tflops)"
+    rows = [
+        ("device", f"{jax.device_count()} x {kind}"),
+        ("mesh", str(dict(mesh.shape))),
+        ("params (total / non-embedding)", f"{counts['total'] / 1e6:,.2f}M / {counts['non_embedding'] / 1e6:,.2f}M"),
+        ("FLOPs/token (6N + 12*L*T*d_attn)", f"{fpt:.4g}"),
+        ("tokens/step", f"{tokens:,}"),
+        ("compile + first step", f"{compile_s:.2f} s"),
+        ("step time", f"{step_s * 1e3:.1f} ms"),
+        ("tokens/s", f"{tokens / step_s:,.0f}"),
+        ("achieved TFLOP/s (all devices)", f"{achieved / 1e12:.3f}"),
+        ("MFU", mfu),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
