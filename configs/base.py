@@ -50,6 +50,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.log_every = 10
     c.train.eval_every = 0  # 0: only at the end
     c.train.eval_batches = 4
+    c.train.max_nonfinite_in_a_row = 10  # skipped (non-finite) updates tolerated in a row before halting
+    c.train.init_from = ""  # params checkpoint to start from (fresh optimizer, step 0), e.g. for SFT
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000  # 0: never by step count
+    c.checkpoint.every_minutes = 0.0  # 0: never by time
+    c.checkpoint.keep_last = 3  # 0: keep all
+    c.checkpoint.keep_every = 0  # also keep every step that is a multiple of this, permanently (0: none)
+    c.checkpoint.async_save = True  # write in the background while training continues
+    c.checkpoint.tensorboard = True  # event files under WORKDIR/tensorboard (process 0)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 4e-4

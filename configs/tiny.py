@@ -27,8 +27,10 @@ def get_config():
     c.train.global_batch_size = 32
     c.train.seq_len = 128
     c.train.log_every = 25
+    c.train.eval_every = 100
+    c.checkpoint.every_steps = 100
 
-    c.optimizer.lr = 3e-3
+    c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 30
     c.optimizer.schedule = "wsd"
     c.optimizer.wsd_drop_at = 0.7

@@ -1,13 +1,16 @@
-"""Orbax checkpoints of llada_jax params, with the config that built them.
+"""Orbax checkpoints: params exports and the training run's checkpoints (params, optimizer, data state).
 
 A params checkpoint is a folder holding `params/` (an Orbax PyTree checkpoint of the pure-dict params)
-and `config.json` (the full run config, so readers rebuild the exact model). Sampling, scoring and
-conversion read such folders; training-run checkpoints keep the same `params` item.
+and `config.json` (the full run config, so readers rebuild the exact model). A training run keeps
+`WORKDIR/checkpoints/<step>/` with items `params`, `opt_state`, `meta` (step, data-iterator state) and
+`config`; `load_params` reads either kind, or the latest step of a run. Orbax writes every checkpoint into
+a temporary folder and renames it only when complete, so a crash mid-save never replaces a good one.
 Paths go through etils.epath so `gs://` buckets work like local folders.
 """
 from __future__ import annotations
 
 import json
+import time
 
 import jax
 import ml_collections
@@ -38,26 +41,148 @@ def save_params(directory, params, config: ml_collections.ConfigDict, *, overwri
 
 
 def read_config(directory) -> ml_collections.ConfigDict:
-    path = epath.Path(directory) / CONFIG_FILE
-    if not path.exists():
-        raise ConfigError(f"{directory} has no {CONFIG_FILE}; it is not a llada_jax params checkpoint")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def load_params(directory, mesh=None):
-    """(params, config) from a params checkpoint; with a mesh, params arrive sharded by the logical rules."""
+    """The run config stored with a params export or a training-checkpoint step."""
     directory = epath.Path(directory)
-    if not (directory / PARAMS_ITEM).exists():
-        raise ConfigError(
-            f"{directory} holds no '{PARAMS_ITEM}' checkpoint; pass a folder written by llada-jax "
-            "(a params export or a training checkpoint step)"
-        )
-    config = read_config(directory)
-    graphdef, abstract, names = model_lib.split_model(model_lib.abstract_model(ModelConfig.from_config(config.model)))
+    for path in (directory / CONFIG_FILE, directory / "config" / "metadata"):
+        if path.exists():
+            return ml_collections.ConfigDict(json.loads(path.read_text()))
+    raise ConfigError(f"{directory} has no {CONFIG_FILE}; it is not a llada_jax checkpoint")
+
+
+def resolve(directory) -> epath.Path:
+    """A folder holding `params/`: the folder itself, or the latest step of a run's checkpoints folder
+    (given as WORKDIR, WORKDIR/checkpoints or a step folder)."""
+    directory = epath.Path(directory)
+    if (directory / PARAMS_ITEM).exists() and ((directory / CONFIG_FILE).exists() or (directory / "config").exists()):
+        return directory
+    for root in (directory / "checkpoints", directory):
+        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+        if steps:
+            return root / str(steps[-1])
+    raise ConfigError(
+        f"{directory} holds no '{PARAMS_ITEM}' checkpoint; pass a folder written by llada-jax "
+        "(a params export, a run's workdir or one of its checkpoint steps)"
+    )
+
+
+def check_model_matches(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, where) -> None:
+    """Stops with one sentence when a checkpoint's model shape differs from the config's."""
+    for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden"):
+        a, b = saved.model.get(field), config.model.get(field)
+        if a != b:
+            raise ConfigError(
+                f"the checkpoint in {where} has model.{field}={a} but the config has model.{field}={b}; "
+                "use the checkpoint's model config or a fresh workdir"
+            )
+
+
+def abstract_params(model_config, mesh):
+    """ShapeDtypeStructs with target shardings: restoring into them reshards to any mesh."""
+    _, abstract, names = model_lib.split_model(model_lib.abstract_model(ModelConfig.from_config(model_config)))
+    shardings = sharding.tree_shardings(mesh, names, abstract)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def load_params(directory, mesh=None, config=None):
+    """(params, config) from a params export, a run or a run step; with a mesh, params arrive sharded by the
+    logical rules. With `config`, the checkpoint's model shape must match it."""
+    directory = resolve(directory)
+    saved = read_config(directory)
+    if config is not None:
+        check_model_matches(saved, config, directory)
     if mesh is None:
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    shardings = sharding.tree_shardings(mesh, names, abstract)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(directory / PARAMS_ITEM, target)
-    return params, config
+        params = ckptr.restore(directory / PARAMS_ITEM, abstract_params(saved.model, mesh))
+    return params, saved
+
+
+class RunCheckpointer:
+    """A training run's checkpoints: async saves, keep-last-K plus every K-th permanently, exact resume.
+
+    `save` returns after the device-to-host copy; the write to storage continues in the background while
+    the step loop runs on (orbax's async checkpointing). Saves happen every `every_steps` steps and/or
+    every `every_minutes` minutes, and always when forced (preemption, the last step).
+    """
+
+    def __init__(self, workdir, config, *, mesh):
+        c = config.checkpoint
+        self.config, self.mesh = config, mesh
+        self.directory = epath.Path(workdir) / "checkpoints"
+        self.every_steps, self.every_minutes = int(c.every_steps), float(c.every_minutes)
+        self._last_save_time = time.monotonic()
+        self._check_directory()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            item_names=(PARAMS_ITEM, "opt_state", "meta", "config"),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=int(c.keep_last) or None,
+                keep_period=int(c.keep_every) or None,
+                enable_async_checkpointing=bool(c.async_save),
+                cleanup_tmp_directories=True,
+                create=True,
+            ),
+        )
+
+    def _check_directory(self) -> None:
+        if not self.directory.exists():
+            return
+        entries = [p for p in self.directory.iterdir() if not p.name.startswith(".")]
+        steps = [p for p in entries if p.name.isdigit()]
+        foreign = [p.name for p in entries if not p.name.isdigit() and "tmp" not in p.name
+                   and p.name not in ("_CHECKPOINT_METADATA", "descriptor")]
+        if foreign or any(not (p / PARAMS_ITEM).exists() and not (p / "_CHECKPOINT_METADATA").exists() for p in steps):
+            raise ConfigError(
+                f"{self.directory} holds files that are not llada_jax checkpoints ({', '.join(sorted(foreign)[:3]) or 'step folders without params'}); "
+                "choose another --workdir"
+            )
+        if steps:
+            check_model_matches(read_config(self.directory / max(steps, key=lambda p: int(p.name)).name), self.config,
+                                self.directory)
+
+    def latest_step(self):
+        return self.manager.latest_step()
+
+    def due(self, step: int) -> bool:
+        by_steps = self.every_steps > 0 and step % self.every_steps == 0
+        by_time = self.every_minutes > 0 and time.monotonic() - self._last_save_time >= 60 * self.every_minutes
+        return by_steps or by_time
+
+    def save(self, step: int, state, data_state: dict) -> float:
+        """Starts (async) or does (sync) a save; returns the seconds the step loop was blocked."""
+        start = time.perf_counter()
+        meta = {"step": int(step), "data": data_state, "process_count": jax.process_count()}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(**{
+                PARAMS_ITEM: ocp.args.StandardSave(state.params),
+                "opt_state": ocp.args.StandardSave(state.opt_state),
+                "meta": ocp.args.JsonSave(meta),
+                "config": ocp.args.JsonSave(self.config.to_dict()),
+            }),
+            force=True,
+        )
+        self._last_save_time = time.monotonic()
+        return time.perf_counter() - start
+
+    def restore(self, abstract_state, step=None):
+        """(state, meta) of `step` (default: the latest), resharded onto `abstract_state`'s shardings."""
+        step = self.manager.latest_step() if step is None else step
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{
+            PARAMS_ITEM: ocp.args.StandardRestore(abstract_state.params),
+            "opt_state": ocp.args.StandardRestore(abstract_state.opt_state),
+            "meta": ocp.args.JsonRestore(),
+        }))
+        state = abstract_state.replace(
+            step=jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), abstract_state.step.sharding),
+            params=restored[PARAMS_ITEM],
+            opt_state=restored["opt_state"],
+        )
+        return state, restored["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,22 +1,23 @@
-"""The training loop: data in, jitted steps, progress and metrics out, params exported at the end.
+"""The training loop: data in, jitted steps, checkpoints, progress and metrics out.
 
-Everything with side effects (reading the corpus, printing, writing files) is here; the math it drives
-is in train.py / diffusion.py / model.py.
+Everything with side effects (reading the corpus, checkpoints, signals, printing) is here; the math it
+drives is in train.py / diffusion.py / model.py. A run in a workdir that already has checkpoints continues
+from the latest; SIGTERM/SIGINT save at the next step boundary and return cleanly.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 
 import jax
-import numpy as np
 from etils import epath
 
 from llada_jax import checkpoint, sharding
 from llada_jax.config import validate
 from llada_jax.data import text_corpus
 from llada_jax.data.vocab import get_vocabulary
+from llada_jax.metrics import MetricsWriter
+from llada_jax.preemption import PreemptionWatcher
 from llada_jax.train import Trainer
 
 
@@ -29,82 +30,113 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-class MetricsLog:
-    """Console progress line plus one JSON object per logged step in WORKDIR/metrics.jsonl (process 0 only)."""
+def build_data(config):
+    """(train batch iterator with get_state/set_state, fixed eval batches for this process, info)."""
+    t = config.train
+    vocab = get_vocabulary(config)
+    stream = text_corpus.token_stream(config, vocab)
+    train_stream, eval_stream = text_corpus.split_stream(stream, config.data.eval_fraction, t.seq_len)
+    batches = text_corpus.WindowBatches(train_stream, t.global_batch_size, t.seq_len, t.seed,
+                                        jax.process_index(), jax.process_count())
+    micro = t.global_batch_size // t.grad_accum_steps
+    rows = slice(jax.process_index() * micro // jax.process_count(), (jax.process_index() + 1) * micro // jax.process_count())
+    eval_sets = [{k: v[rows] for k, v in b.items()}
+                 for b in text_corpus.eval_batches(eval_stream, micro, t.seq_len, t.eval_batches)]
+    info = {"train_tokens": len(train_stream), "eval_tokens": len(eval_stream),
+            "unigram_entropy": text_corpus.unigram_entropy(train_stream)}
+    return batches, eval_sets, info
 
-    def __init__(self, workdir: epath.Path, quiet: bool = False):
-        self.active = jax.process_index() == 0
-        self.quiet = quiet
-        self.path = workdir / "metrics.jsonl"
 
-    def print(self, text: str) -> None:
-        if self.active and not self.quiet:
-            print(text, flush=True)
+def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) -> dict:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a summary.
 
-    def write(self, record: dict) -> None:
-        if self.active:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def run(config, workdir, *, quiet: bool = False) -> dict:
-    """Trains `config` in `workdir`; returns the final summary (also printed and logged)."""
+    `stop_after` ends this invocation (with a checkpoint) after that many steps, for job-time limits: run
+    the same command again to continue.
+    """
     validate(config, jax.device_count())
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(workdir, quiet)
     t_cfg = config.train
-
-    vocab = get_vocabulary(config)
-    stream = text_corpus.token_stream(config, vocab)
-    train_stream, eval_stream = text_corpus.split_stream(stream, config.data.eval_fraction, t_cfg.seq_len)
-    batches = text_corpus.WindowBatches(train_stream, t_cfg.global_batch_size, t_cfg.seq_len, t_cfg.seed,
-                                        jax.process_index(), jax.process_count())
-    micro = t_cfg.global_batch_size // t_cfg.grad_accum_steps
-    eval_sets = [
-        {k: v[jax.process_index() * micro // jax.process_count():(jax.process_index() + 1) * micro // jax.process_count()]
-         for k, v in b.items()}
-        for b in text_corpus.eval_batches(eval_stream, micro, t_cfg.seq_len, t_cfg.eval_batches)
-    ]
-    entropy = text_corpus.unigram_entropy(train_stream)
 
     mesh = sharding.make_mesh(config.mesh)
     trainer = Trainer(config, mesh)
+    ckpt = checkpoint.RunCheckpointer(workdir, config, mesh=mesh)
+    log = MetricsWriter(workdir, tensorboard=config.checkpoint.tensorboard, quiet=quiet)
+    batches, eval_sets, info = build_data(config)
     n_params = count_params(trainer.abstract_state.params)
     log.print(
         f"model: {n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} on {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s) | corpus {len(train_stream):,} train / {len(eval_stream):,} eval tokens"
-        f" | unigram entropy {entropy:.3f} nats/token"
+        f"{jax.devices()[0].platform} device(s) | corpus {info['train_tokens']:,} train / {info['eval_tokens']:,} "
+        f"eval tokens | unigram entropy {info['unigram_entropy']:.3f} nats/token"
     )
-    state = trainer.init_state()
 
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(trainer.sharded_abstract_state())
+        batches.set_state(meta["data"])
+        log.print(f"resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}")
+    elif t_cfg.init_from:
+        params, _ = checkpoint.load_params(t_cfg.init_from, mesh, config)
+        state = trainer.state_from_params(params)
+        log.print(f"starting from the params in {t_cfg.init_from} (fresh optimizer, step 0)")
+    else:
+        state = trainer.init_state()
+    start_step = int(state.step)
+
+    watcher = PreemptionWatcher()
     tokens_per_step = t_cfg.global_batch_size * t_cfg.seq_len
-    start = time.perf_counter()
-    last_time, last_step = start, 0
+    start = last_time = time.perf_counter()
+    last_step, skipped_in_a_row, skipped_total, ckpt_block_s = start_step, 0, 0, 0.0
+    previous_skipped = None  # read one step late so the host never waits for the step it just queued
     record: dict = {}
-    eval_loss = math.nan
-    for step in range(t_cfg.steps):
-        batch = sharding.global_batch(next(batches), mesh)
-        state, metrics = trainer.step(state, batch)
-        done = step + 1
-        is_last = done == t_cfg.steps
-        if done % t_cfg.log_every == 0 or is_last:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            tok_s = (done - last_step) * tokens_per_step / (now - last_time)
-            last_time, last_step = now, done
-            eta = (t_cfg.steps - done) * tokens_per_step / max(tok_s, 1e-9)
-            record = {"step": done, **metrics, "lr": float(trainer.schedule(done - 1)), "tokens_per_s": tok_s}
-            if t_cfg.eval_every and done % t_cfg.eval_every == 0 and not is_last:
-                record["eval_loss"] = trainer.evaluate(state.params, eval_sets)
-            log.write(record)
-            log.print(
-                f"step {done}/{t_cfg.steps} | loss {metrics['loss']:.4f} | masked acc {metrics['masked_accuracy']:.3f}"
-                f" | grad norm {metrics['grad_norm']:.3f} | lr {record['lr']:.2e} | {tok_s:,.0f} tok/s | ETA {_fmt_time(eta)}"
-                + (f" | eval {record['eval_loss']:.4f}" if "eval_loss" in record else "")
-            )
-            if not math.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"loss became {metrics['loss']} at step {done}; lower optimizer.lr or check the data")
+    stopped_early = ""
+    try:
+        for step in range(start_step, t_cfg.steps):
+            batch = sharding.global_batch(next(batches), mesh)
+            state, metrics = trainer.step(state, batch)
+            done = step + 1
+            is_last = done == t_cfg.steps
+
+            for flag in ([previous_skipped] if previous_skipped is not None else []) + ([metrics["skipped"]] if is_last else []):
+                skipped_total += int(flag)
+                skipped_in_a_row = skipped_in_a_row + 1 if int(flag) else 0
+                if skipped_in_a_row > t_cfg.max_nonfinite_in_a_row:
+                    raise FloatingPointError(
+                        f"{skipped_in_a_row} steps in a row had a non-finite loss or gradient (up to step {done}); "
+                        "lower optimizer.lr, check the data, or resume from an earlier checkpoint"
+                    )
+            previous_skipped = metrics["skipped"]
+
+            if done % t_cfg.log_every == 0 or is_last:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                tok_s = (done - last_step) * tokens_per_step / (now - last_time)
+                last_time, last_step = now, done
+                eta = (t_cfg.steps - done) * tokens_per_step / max(tok_s, 1e-9)
+                record = {"step": done, **metrics, "lr": float(trainer.schedule(done - 1)), "tokens_per_s": tok_s,
+                          "skipped_total": skipped_total, "checkpoint_block_s": ckpt_block_s}
+                if t_cfg.eval_every and done % t_cfg.eval_every == 0 and not is_last:
+                    record["eval_loss"] = trainer.evaluate(state.params, eval_sets)
+                log.write(record)
+                log.print(
+                    f"step {done}/{t_cfg.steps} | loss {metrics['loss']:.4f} | masked acc {metrics['masked_accuracy']:.3f}"
+                    f" | grad norm {metrics['grad_norm']:.3f} | lr {record['lr']:.2e} | {tok_s:,.0f} tok/s"
+                    f" | ETA {_fmt_time(eta)}" + (f" | eval {record['eval_loss']:.4f}" if "eval_loss" in record else "")
+                    + (f" | skipped {skipped_total}" if skipped_total else "")
+                )
+
+            if watcher.should_stop(done):
+                stopped_early = f"received {watcher.signal_name or 'a preemption notice'}"
+            elif stop_after is not None and done - start_step >= stop_after and not is_last:
+                stopped_early = f"stopped after {stop_after} steps as asked"
+            if is_last or stopped_early or ckpt.due(done):
+                ckpt_block_s = ckpt.save(done, state, batches.get_state())
+            if stopped_early:
+                ckpt.wait()
+                log.print(f"{stopped_early}: saved step {done} to {ckpt.directory}; run the same command to resume")
+                return {"step": done, "stopped_early": stopped_early}
+    finally:
+        watcher.restore()
+        ckpt.close()
 
     eval_loss = trainer.evaluate(state.params, eval_sets)
     summary = {
@@ -112,14 +144,18 @@ def run(config, workdir, *, quiet: bool = False) -> dict:
         "train_loss": record.get("loss", math.nan),
         "eval_loss": eval_loss,
         "masked_accuracy": record.get("masked_accuracy", math.nan),
-        "unigram_entropy": entropy,
+        "unigram_entropy": info["unigram_entropy"],
         "params": n_params,
         "wall_s": time.perf_counter() - start,
+        "skipped_total": skipped_total,
     }
     log.write({"final": True, **summary})
+    log.close()
     checkpoint.save_params(workdir / "params", state.params, config, overwrite=True)
     log.print(
         f"done in {_fmt_time(summary['wall_s'])}: eval loss {eval_loss:.4f} nats/token (ELBO bound) vs. unigram "
-        f"entropy {entropy:.4f}; masked-token accuracy {summary['masked_accuracy']:.3f}; params saved to {workdir / 'params'}"
+        f"entropy {info['unigram_entropy']:.4f}; masked-token accuracy {summary['masked_accuracy']:.3f}; "
+        f"params saved to {workdir / 'params'}"
     )
     return summary
+

@@ -136,9 +136,16 @@ def train_step(graphdef, config, tx, state: TrainState, batch):
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A non-finite loss or gradient skips the update (params and optimizer moments stay as they were);
+    # the loop counts skips and halts after too many in a row.
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "skipped": 1 - finite.astype(jnp.int32),
+        "grad_norm": grad_norm,
         "masked_accuracy": aux["masked_correct"] / jnp.maximum(aux["masked_tokens"], 1.0),
         "masked_tokens": aux["masked_tokens"],
     }
@@ -183,6 +190,19 @@ class Trainer:
         )
         self._eval = jax.jit(lambda params, batch: eval_step(self.graphdef, config, params, batch),
                              in_shardings=(param_sh, batch_sh), out_shardings=rep)
+
+    def sharded_abstract_state(self) -> TrainState:
+        """The state's shapes with this mesh's shardings: the restore target (resharding on the fly)."""
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            self.abstract_state, self.state_shardings)
+
+    def state_from_params(self, params) -> TrainState:
+        """Step 0 with fresh optimizer state around given params (SFT or a new run from a checkpoint)."""
+        with jax.set_mesh(self.mesh):
+            return jax.jit(
+                lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=self.tx.init(p)),
+                in_shardings=(self.state_shardings.params,), out_shardings=self.state_shardings,
+            )(params)
 
     def init_state(self) -> TrainState:
         """Params and optimizer state created directly in their shards (never whole on one device)."""

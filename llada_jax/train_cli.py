@@ -8,6 +8,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="config file with get_config(), e.g. configs/tiny.py")
     parser.add_argument("--workdir", required=True, help="folder for metrics, checkpoints and the final params")
     parser.add_argument("--quiet", action="store_true", help="no console progress")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="save and exit after N steps of this invocation (job time limits); rerun to resume")
+    parser.add_argument("--init_from", "--init-from", default=None, metavar="CKPT",
+                        help="start from these params (fresh optimizer, step 0); same as --config.train.init_from")
     parser.epilog = "Override any config field with --config.SECTION.FIELD=VALUE, e.g. --config.train.steps=200."
 
 
@@ -16,5 +20,7 @@ def run(args, overrides) -> int:
     from llada_jax.config import load_config
 
     config = load_config(args.config, overrides)
-    loop.run(config, args.workdir, quiet=args.quiet)
+    if args.init_from:
+        config.train.init_from = args.init_from
+    loop.run(config, args.workdir, quiet=args.quiet, stop_after=args.stop_after)
     return 0

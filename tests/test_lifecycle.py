@@ -1,0 +1,167 @@
+"""The run lifecycle: exact resume, preemption by a real signal, resharding, --init_from, faults, metrics."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import checkpoint, loop, sharding
+from llada_jax.config import ConfigError
+from llada_jax.train import Trainer
+
+from helpers import ROOT, SMALL_MODEL, TINY, small_config
+
+QUIET = ("checkpoint.tensorboard=False", "train.eval_batches=1")
+
+
+def records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    config = small_config(*QUIET, "train.steps=6", "checkpoint.every_steps=0", "mesh.fsdp=4", "mesh.tensor=2")
+    straight = tmp_path / "straight"
+    loop.run(config, straight, quiet=True)
+
+    resumed = tmp_path / "resumed"
+    first = loop.run(config, resumed, quiet=True, stop_after=4)
+    assert first == {"step": 4, "stopped_early": "stopped after 4 steps as asked"}
+    loop.run(config, resumed, quiet=True)
+
+    a, _ = checkpoint.load_params(straight / "params")
+    b, _ = checkpoint.load_params(resumed / "params")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise on CPU
+    by_step = lambda rs: {r["step"]: r for r in rs if not r.get("final")}  # noqa: E731
+    sa, sb = by_step(records(straight)), by_step(records(resumed))
+    for step in (5, 6):
+        assert sa[step]["loss"] == sb[step]["loss"] and sa[step]["grad_norm"] == sb[step]["grad_norm"]
+    assert records(straight)[-1]["eval_loss"] == records(resumed)[-1]["eval_loss"]
+
+
+def test_sigterm_saves_at_the_next_step_and_exits_zero(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    args = [sys.executable, "-m", "llada_jax.cli", "train", f"--config={TINY}", f"--workdir={tmp_path}",
+            *[f"--config.{o}" for o in SMALL_MODEL + list(QUIET)], "--config.train.steps=100000",
+            "--config.checkpoint.every_steps=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.time() + 300
+    while not ((tmp_path / "metrics.jsonl").exists() and (tmp_path / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "received SIGTERM" in out
+    steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(steps) == 1 and 2 <= steps[0] < 100000
+
+
+def _save_on_mesh(tmp_path, config, mesh):
+    trainer = Trainer(config, mesh)
+    state = trainer.init_state()
+    ckpt = checkpoint.RunCheckpointer(tmp_path, config, mesh=mesh)
+    ckpt.save(3, state, {"step": 3})
+    ckpt.close()
+    return jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("target_mesh", [{"data": 1, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 4, "tensor": 2}])
+def test_restore_reshards_onto_another_mesh(tmp_path, target_mesh):
+    written = _save_on_mesh(tmp_path, small_config(*QUIET, "mesh.fsdp=8"), sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1}))
+    devices = jax.devices()[:1] if target_mesh["fsdp"] == 1 else None
+    mesh = sharding.make_mesh(target_mesh, devices)
+    config = small_config(*QUIET, *[f"mesh.{k}={v}" for k, v in target_mesh.items()])
+    trainer = Trainer(config, mesh)
+    ckpt = checkpoint.RunCheckpointer(tmp_path, config, mesh=mesh)
+    state, meta = ckpt.restore(trainer.sharded_abstract_state())
+    ckpt.close()
+    assert int(state.step) == 3 and meta["data"] == {"step": 3}
+    q = state.params["blocks"]["q_proj"]
+    assert q.sharding == trainer.state_shardings.params["blocks"]["q_proj"]
+    assert {s.data.shape for s in q.addressable_shards} == ({(2, 32, 4, 8)} if devices else {(2, 8, 2, 8)})
+    for x, y in zip(jax.tree.leaves(written), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(x, np.asarray(y))
+
+
+def test_init_from_starts_at_step_zero_from_given_params(tmp_path):
+    base = small_config(*QUIET, "train.steps=2")
+    loop.run(base, tmp_path / "pre", quiet=True)
+    pre, _ = checkpoint.load_params(tmp_path / "pre" / "params")
+    tuned = small_config(*QUIET, "train.steps=1", "optimizer.lr=1e-12", f"train.init_from={tmp_path / 'pre' / 'params'}")
+    loop.run(tuned, tmp_path / "sft", quiet=True)
+    post, _ = checkpoint.load_params(tmp_path / "sft" / "params")
+    for x, y in zip(jax.tree.leaves(pre), jax.tree.leaves(post)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-7)
+    assert [r["step"] for r in records(tmp_path / "sft") if not r.get("final")] == [1]
+
+
+def test_init_from_with_another_model_shape_names_both_values(tmp_path):
+    loop.run(small_config(*QUIET, "train.steps=1"), tmp_path / "pre", quiet=True)
+    other = small_config(*QUIET, "model.d_model=64", f"train.init_from={tmp_path / 'pre'}")
+    with pytest.raises(ConfigError, match="model.d_model=32 but the config has model.d_model=64"):
+        loop.run(other, tmp_path / "other", quiet=True)
+
+
+def test_resuming_with_another_model_shape_names_both_values(tmp_path):
+    loop.run(small_config(*QUIET, "train.steps=1"), tmp_path, quiet=True)
+    with pytest.raises(ConfigError, match="model.n_layers=2 but the config has model.n_layers=3"):
+        loop.run(small_config(*QUIET, "model.n_layers=3"), tmp_path, quiet=True)
+
+
+def test_workdir_with_foreign_files_is_refused(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="not llada_jax checkpoints"):
+        loop.run(small_config(*QUIET), tmp_path, quiet=True)
+
+
+def test_half_written_checkpoint_never_replaces_the_good_one(tmp_path):
+    config = small_config(*QUIET, "train.steps=4", "checkpoint.every_steps=2")
+    loop.run(config, tmp_path, quiet=True, stop_after=2)
+    # a crash in the middle of writing step 4 leaves only orbax's temporary folder behind
+    crashed = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
+    (crashed / "params").mkdir(parents=True)
+    (crashed / "params" / "garbage").write_bytes(b"\0" * 10)
+    summary = loop.run(config, tmp_path, quiet=True)
+    assert summary["step"] == 4
+    assert [r["step"] for r in records(tmp_path) if not r.get("final")] == [1, 2, 3, 4]  # resumed from 2
+
+
+def test_non_finite_updates_are_skipped_then_halt(tmp_path):
+    config = small_config(*QUIET)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    trainer = Trainer(config, mesh)
+    good = trainer.init_state()
+    bad_params = dict(jax.device_get(good.params), ln_f=np.full((32,), np.nan, np.float32))
+    checkpoint.save_params(tmp_path / "nan", bad_params, config)
+
+    state = trainer.state_from_params(checkpoint.load_params(tmp_path / "nan", mesh)[0])
+    tokens = np.full((8, 16), 5, np.int32)
+    new, metrics = trainer.step(state, sharding.global_batch({"tokens": tokens}, mesh))
+    assert int(metrics["skipped"]) == 1 and int(new.step) == 1
+    np.testing.assert_array_equal(np.asarray(new.params["wte"]), np.asarray(bad_params["wte"]))
+
+    halting = small_config(*QUIET, "train.max_nonfinite_in_a_row=2", f"train.init_from={tmp_path / 'nan'}")
+    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss"):
+        loop.run(halting, tmp_path / "run", quiet=True)
+
+
+def test_tensorboard_events_hold_the_logged_loss(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    loop.run(small_config("train.steps=2", "train.eval_batches=1"), tmp_path, quiet=True)
+    (event_file,) = list((tmp_path / "tensorboard").iterdir())
+    seen = {}
+    for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+        for value in event.summary.value:
+            seen[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    logged = {r["step"]: r["loss"] for r in records(tmp_path) if not r.get("final")}
+    assert seen[("loss", 2)] == pytest.approx(logged[2])
+    assert ("checkpoint_block_s", 2) in seen and ("lr", 1) in seen
