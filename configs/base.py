@@ -32,11 +32,24 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.eos_token_id = 126081
     c.model.pad_token_id = 126081
 
-    # Device mesh. -1 takes whatever devices the other axes leave.
+    # Device mesh. data/fsdp/tensor are the sizes within one slice (ICI); -1 takes whatever devices the
+    # other axes leave. dcn_* multiply an axis across slices (multi-slice pods; granule = slice, or process
+    # where devices have no slice index). Total axis size = ici * dcn.
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.mesh.tensor = 1
+    c.mesh.dcn_data = 1
+    c.mesh.dcn_fsdp = 1
+    c.mesh.dcn_tensor = 1
+
+    # Multi-process runtime (jax.distributed). Cloud TPU VMs and SLURM are detected when auto is on.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.auto = True
+    c.distributed.coordinator_address = ""  # host:port of process 0, for clusters JAX cannot detect
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+    c.distributed.timeout_s = 300
 
     c.train = ml_collections.ConfigDict()
     c.train.objective = "mdm"  # mdm (masked diffusion pretraining) | ar (next-token baseline)

@@ -33,8 +33,17 @@ LOGICAL_AXIS_RULES: dict[str, Any] = {
 }
 
 
-def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
-    """Resolves the config's mesh sizes (-1 = fill) against the number of devices."""
+def mesh_shapes(mesh_cfg: Mapping[str, int], device_count: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(within-slice ICI sizes, across-slice DCN factors) for the config's mesh, checked against the devices."""
+    dcn = {axis: int(mesh_cfg.get(f"dcn_{axis}", 1)) for axis in MESH_AXES}
+    if any(v < 1 for v in dcn.values()):
+        raise ConfigError(f"mesh dcn factors {dcn} must all be >= 1")
+    slices = math.prod(dcn.values())
+    if device_count % slices:
+        raise ConfigError(
+            f"mesh dcn factors {dcn} ask for {slices} slices but {device_count} devices do not split into {slices} equal slices"
+        )
+    per_slice = device_count // slices
     sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
     fills = [axis for axis, size in sizes.items() if size == -1]
     bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
@@ -44,27 +53,52 @@ def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]
         )
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if fills:
-        if device_count % fixed:
+        if per_slice % fixed:
             raise ConfigError(
-                f"mesh {sizes} cannot fill {device_count} devices: {device_count} is not divisible by {fixed}"
+                f"mesh {sizes} cannot fill {per_slice} devices: {per_slice} is not divisible by {fixed}"
             )
-        sizes[fills[0]] = device_count // fixed
-    if math.prod(sizes.values()) != device_count:
+        sizes[fills[0]] = per_slice // fixed
+    if math.prod(sizes.values()) != per_slice:
         raise ConfigError(
-            f"mesh {sizes} multiplies to {math.prod(sizes.values())} but there are {device_count} devices; "
-            "make data*fsdp*tensor equal the device count (or set one axis to -1)"
+            f"mesh {sizes} multiplies to {math.prod(sizes.values())} but there are {per_slice} devices"
+            + (f" per slice ({device_count} in {slices} slices)" if slices > 1 else "")
+            + "; make data*fsdp*tensor equal the device count (or set one axis to -1)"
         )
-    return sizes
+    return sizes, dcn
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
+    """Total size of each mesh axis (ICI size times DCN factor)."""
+    ici, dcn = mesh_shapes(mesh_cfg, device_count)
+    return {axis: ici[axis] * dcn[axis] for axis in MESH_AXES}
 
 
 def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Mesh over all devices (or the given ones) with Auto axes: GSPMD propagates from our annotations."""
+    """Mesh over all devices (or the given ones) with Auto axes: GSPMD propagates from our annotations.
+
+    With DCN factors the mesh is hybrid: each axis is split into an across-slice part (slow data-center
+    network) and a within-slice part (fast ICI), so e.g. data parallelism spans slices and FSDP stays inside.
+    """
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    sizes = mesh_shape(mesh_cfg, len(jax.devices()) if devices is None else len(devices))
-    shape = tuple(sizes[axis] for axis in MESH_AXES)
-    if devices is None:  # let JAX order devices for the physical topology (ICI rings on TPU)
-        return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+    devices = list(jax.devices() if devices is None else devices)
+    ici, dcn = mesh_shapes(mesh_cfg, len(devices))
+    ici_shape = tuple(ici[a] for a in MESH_AXES)
+    dcn_shape = tuple(dcn[a] for a in MESH_AXES)
+    if math.prod(dcn_shape) > 1:
+        from jax.experimental import mesh_utils
+
+        by_process = not hasattr(devices[0], "slice_index")
+        granules = {d.process_index if by_process else d.slice_index for d in devices}
+        if len(granules) != math.prod(dcn_shape):
+            raise ConfigError(
+                f"mesh dcn factors {dcn} ask for {math.prod(dcn_shape)} slices but the job has {len(granules)} "
+                f"{'processes' if by_process else 'slices'}; set dcn_* to multiply to that number"
+            )
+        grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=by_process)
+        return Mesh(grid, MESH_AXES, axis_types=auto)
+    if devices == list(jax.devices()):  # let JAX order devices for the physical topology (ICI rings on TPU)
+        return jax.make_mesh(ici_shape, MESH_AXES, axis_types=auto)
+    return Mesh(np.asarray(devices).reshape(ici_shape), MESH_AXES, axis_types=auto)
 
 
 def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None = None, mesh=None) -> P:

@@ -16,10 +16,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, overrides) -> int:
-    from llada_jax import loop
+    from llada_jax import distributed, loop
     from llada_jax.config import load_config
 
     config = load_config(args.config, overrides)
+    distributed.initialize(config.distributed)
     if args.init_from:
         config.train.init_from = args.init_from
     loop.run(config, args.workdir, quiet=args.quiet, stop_after=args.stop_after)

@@ -1,0 +1,86 @@
+"""Two JAX processes on loopback, 4 CPU devices each, train one fsdp=8 model together (with a checkpoint
+save and resume in between) and agree with a single process that has all 8 devices."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from llada_jax import checkpoint
+
+from helpers import ROOT, SMALL_MODEL, TINY
+
+DRIVER = """
+import json, sys
+from llada_jax import distributed, loop
+from llada_jax.config import load_config
+
+config = load_config(sys.argv[1], sys.argv[4:])
+distributed.initialize(config.distributed)
+import jax
+batches, _, _ = loop.build_data(config)
+rows = batches.batch_at(0)["tokens"].tolist()
+summary = loop.run(config, sys.argv[2], quiet=True, stop_after=int(sys.argv[3]) or None)
+print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                              "devices": jax.device_count(), "summary": summary, "rows": rows}))
+"""
+
+OVERRIDES = [f"config.{o}" for o in SMALL_MODEL] + [
+    "config.train.steps=4", "config.mesh.fsdp=-1", "config.checkpoint.tensorboard=False",
+    "config.checkpoint.every_steps=0", "config.train.eval_batches=1",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp_path, workdir, stop_after, n_processes, devices_each):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    port = free_port()
+    procs = []
+    for pid in range(n_processes):
+        extra = [] if n_processes == 1 else [
+            f"config.distributed.coordinator_address=127.0.0.1:{port}",
+            f"config.distributed.num_processes={n_processes}", f"config.distributed.process_id={pid}"]
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}",
+                   JAX_PLATFORMS="cpu")
+        procs.append(subprocess.Popen(
+            [sys.executable, str(driver), TINY, str(workdir), str(stop_after), *OVERRIDES, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))))
+    return sorted(results, key=lambda r: r["process"])
+
+
+def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+    (single,) = launch(tmp_path, tmp_path / "single", 0, n_processes=1, devices_each=8)
+    assert single["devices"] == 8 and single["processes"] == 1
+
+    first = launch(tmp_path, tmp_path / "multi", 2, n_processes=2, devices_each=4)
+    assert all(r["summary"] == {"step": 2, "stopped_early": "stopped after 2 steps as asked"} for r in first)
+    multi = launch(tmp_path, tmp_path / "multi", 0, n_processes=2, devices_each=4)  # resumes from step 2
+    assert [r["processes"] for r in multi] == [2, 2] and [r["devices"] for r in multi] == [8, 8]
+
+    # both processes report the same loss, equal to the single-process run's
+    for key in ("train_loss", "eval_loss"):
+        assert multi[0]["summary"][key] == multi[1]["summary"][key]
+        np.testing.assert_allclose(multi[0]["summary"][key], single["summary"][key], rtol=1e-5)
+    # each process read its own half of the global batch: disjoint rows whose union is the whole batch
+    assert len(multi[0]["rows"]) == len(multi[1]["rows"]) == 4
+    assert multi[0]["rows"] + multi[1]["rows"] == single["rows"]
+    assert not any(row in multi[1]["rows"] for row in multi[0]["rows"])
+
+    a, _ = checkpoint.load_params(tmp_path / "single" / "params")
+    b, _ = checkpoint.load_params(tmp_path / "multi" / "params")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
