@@ -11,6 +11,7 @@ from llada_jax.config import ConfigError
 # command -> module with `register(subparser)` and `run(args, config_overrides) -> int`.
 COMMANDS = {
     "train": "llada_jax.train_cli",
+    "preflight": "llada_jax.preflight_cli",
 }
 
 

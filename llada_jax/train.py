@@ -215,6 +215,14 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             return jax.jit(init, out_shardings=self.state_shardings)()
 
+    def compile_step(self):
+        """Ahead-of-time compile for abstract inputs: the pre-flight check reads its memory analysis."""
+        t = self.config.train
+        batch = {"tokens": jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.int32,
+                                                sharding=sharding.batch_sharding(self.mesh))}
+        with jax.set_mesh(self.mesh):
+            return self._step.lower(self.sharded_abstract_state(), batch).compile()
+
     def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
         with jax.set_mesh(self.mesh):
             return self._step(state, batch)
