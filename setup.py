@@ -23,7 +23,8 @@ setup(
     extras_require={
         # 2.13.0 is the CPU build this project's machines have on disk; any later 2.x works too.
         "torch": ["torch>=2.4", "safetensors>=0.4"],
-        "dev": ["pytest>=8.0", "pytest-timeout>=2.3"],
+        "sweep": ["matplotlib>=3.7"],  # plots of scaling fits
+        "dev": ["pytest>=8.0", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["llada-jax=llada_jax.cli:main"]},
 )

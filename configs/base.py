@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.log_every = 10
     c.train.eval_every = 0  # 0: only at the end
     c.train.eval_batches = 4
+    c.train.eval_draws = 1  # noise draws per eval batch in the final eval (more draws: smaller standard error)
     c.train.max_nonfinite_in_a_row = 10  # skipped (non-finite) updates tolerated in a row before halting
     c.train.init_from = ""  # params checkpoint to start from (fresh optimizer, step 0), e.g. for SFT
 

@@ -12,6 +12,7 @@ from llada_jax.config import ConfigError
 COMMANDS = {
     "train": "llada_jax.train_cli",
     "preflight": "llada_jax.preflight_cli",
+    "sweep": "llada_jax.sweep_cli",
 }
 
 

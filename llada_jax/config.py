@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
 import os
 from typing import Sequence
 
@@ -69,9 +70,15 @@ class ModelConfig:
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads `get_config()` from a config file and applies `--config.a.b=value` style overrides."""
+    """Loads `get_config()` from a config file (or a saved config.json) and applies `--config.a.b=value` overrides."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist; pass e.g. --config=configs/tiny.py")
+    if path.endswith(".json"):  # a run's saved config: checkpoints and sweep plans store these
+        with open(path) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        for item in overrides:
+            apply_override(config, item)
+        return config
     spec = importlib.util.spec_from_file_location(f"_llada_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -10,6 +10,7 @@ import math
 import time
 
 import jax
+import numpy as np
 from etils import epath
 
 from llada_jax import checkpoint, sharding
@@ -138,11 +139,13 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
         watcher.restore()
         ckpt.close()
 
-    eval_loss = trainer.evaluate(state.params, eval_sets)
+    losses = trainer.eval_losses(state.params, eval_sets, t_cfg.eval_draws) if eval_sets else [math.nan]
+    eval_loss = float(np.mean(losses))
     summary = {
         "step": int(t_cfg.steps),
         "train_loss": record.get("loss", math.nan),
         "eval_loss": eval_loss,
+        "eval_loss_se": float(np.std(losses, ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else math.nan,
         "masked_accuracy": record.get("masked_accuracy", math.nan),
         "unigram_entropy": info["unigram_entropy"],
         "params": n_params,

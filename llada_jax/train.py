@@ -12,6 +12,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -152,13 +153,14 @@ def train_step(graphdef, config, tx, state: TrainState, batch):
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(graphdef, config, params, batch):
-    """Loss with fixed noise: `t` stratified over the batch rows and a fixed key, so curves are comparable."""
+def eval_step(graphdef, config, params, batch, draw=0, draws=1):
+    """Loss with fixed noise, so curves are comparable across a run and across runs: draw k of `draws` uses
+    t_i = (i + (k + 0.5) / draws) / B over the B rows (stratified) and a key fixed by k."""
     b = batch["tokens"].shape[0]
     batch = dict(batch)
     batch.setdefault("lengths", jnp.full((b,), batch["tokens"].shape[1]))
-    batch.setdefault("t", (jnp.arange(b) + 0.5) / b)
-    loss, aux = compute_loss(graphdef, config, params, batch, jax.random.key(12345))
+    batch.setdefault("t", (jnp.arange(b) + (draw + 0.5) / draws) / b)
+    loss, aux = compute_loss(graphdef, config, params, batch, jax.random.fold_in(jax.random.key(12345), draw))
     return {"loss": loss, **aux}
 
 
@@ -188,8 +190,8 @@ class Trainer:
             out_shardings=(self.state_shardings, rep),
             donate_argnums=0,
         )
-        self._eval = jax.jit(lambda params, batch: eval_step(self.graphdef, config, params, batch),
-                             in_shardings=(param_sh, batch_sh), out_shardings=rep)
+        self._eval = jax.jit(lambda params, batch, draw, draws: eval_step(self.graphdef, config, params, batch, draw, draws),
+                             in_shardings=(param_sh, batch_sh, None), out_shardings=rep, static_argnums=3)
 
     def sharded_abstract_state(self) -> TrainState:
         """The state's shapes with this mesh's shardings: the restore target (resharding on the fly)."""
@@ -227,10 +229,13 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             return self._step(state, batch)
 
-    def evaluate(self, params, batches) -> float:
-        """Mean eval loss over fixed held-out batches."""
-        if not batches:
-            return math.nan
+    def eval_losses(self, params, batches, draws: int = 1) -> list[float]:
+        """Loss of every (held-out batch, noise draw) pair: nats/token (the ELBO bound for MDM, NLL for AR)."""
         with jax.set_mesh(self.mesh):
-            losses = [self._eval(params, sharding.global_batch(b, self.mesh))["loss"] for b in batches]
-        return float(jnp.mean(jnp.stack(losses)))
+            arrays = [sharding.global_batch(b, self.mesh) for b in batches]
+            losses = [self._eval(params, a, d, draws)["loss"] for a in arrays for d in range(draws)]
+        return [float(x) for x in jax.device_get(losses)]
+
+    def evaluate(self, params, batches) -> float:
+        """Mean eval loss over fixed held-out batches (one fixed noise draw each)."""
+        return float(np.mean(self.eval_losses(params, batches))) if batches else math.nan

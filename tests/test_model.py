@@ -69,6 +69,16 @@ def test_causal_mode_ignores_the_future(params, tokens):
     assert float(jnp.abs(a[:, -1] - b[:, -1]).max()) > 1e-4
 
 
+def test_causal_mode_with_segment_ids_still_ignores_the_future(params, tokens):
+    """The train step always passes segment ids (padding is segment 0); causality must survive the mask."""
+    f = logits_fn(dataclasses.replace(CFG, causal=True))
+    seg = jnp.ones_like(tokens)
+    changed = tokens.at[:, 7].set((tokens[:, 7] + 1) % 64)
+    a, b = f(params, tokens, seg), f(params, changed, seg)
+    np.testing.assert_array_equal(a[:, :7], b[:, :7])
+    assert float(jnp.abs(a[:, 7:] - b[:, 7:]).max()) > 1e-4
+
+
 def test_segment_ids_isolate_documents(params, tokens):
     f = logits_fn(CFG)
     seg = jnp.array([[1] * 6 + [2] * 6] * 2)
