@@ -78,6 +78,7 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None 
 
     With DCN factors the mesh is hybrid: each axis is split into an across-slice part (slow data-center
     network) and a within-slice part (fast ICI), so e.g. data parallelism spans slices and FSDP stays inside.
+    Without several TPU slices, processes play the part of slices (GPU clusters: DCN = between hosts).
     """
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     devices = list(jax.devices() if devices is None else devices)
@@ -87,8 +88,9 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None 
     if math.prod(dcn_shape) > 1:
         from jax.experimental import mesh_utils
 
-        by_process = not hasattr(devices[0], "slice_index")
-        granules = {d.process_index if by_process else d.slice_index for d in devices}
+        slices = {getattr(d, "slice_index", 0) for d in devices}
+        by_process = len(slices) == 1  # no multi-slice hardware (e.g. CPU or GPU hosts): processes are granules
+        granules = {d.process_index for d in devices} if by_process else slices
         if len(granules) != math.prod(dcn_shape):
             raise ConfigError(
                 f"mesh dcn factors {dcn} ask for {math.prod(dcn_shape)} slices but the job has {len(granules)} "

@@ -40,7 +40,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path, workdir, stop_after, n_processes, devices_each):
+def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=()):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     port = free_port()
@@ -52,7 +52,7 @@ def launch(tmp_path, workdir, stop_after, n_processes, devices_each):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}",
                    JAX_PLATFORMS="cpu")
         procs.append(subprocess.Popen(
-            [sys.executable, str(driver), TINY, str(workdir), str(stop_after), *OVERRIDES, *extra],
+            [sys.executable, str(driver), TINY, str(workdir), str(stop_after), *OVERRIDES, *overrides, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
     results = []
     for p in procs:
@@ -84,3 +84,14 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     b, _ = checkpoint.load_params(tmp_path / "multi" / "params")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_as_two_slices_over_dcn(tmp_path):
+    """mesh.dcn_data=2: the data axis spans the two processes (standing in for slices), fsdp=4 stays inside
+    each; the hybrid mesh must train the same model as one process."""
+    (single,) = launch(tmp_path, tmp_path / "single", 0, n_processes=1, devices_each=8)
+    multi = launch(tmp_path, tmp_path / "dcn", 0, n_processes=2, devices_each=4,
+                   overrides=["config.mesh.dcn_data=2", "config.mesh.fsdp=4"])
+    for r in multi:
+        np.testing.assert_allclose(r["summary"]["eval_loss"], single["summary"]["eval_loss"], rtol=1e-5)
+        np.testing.assert_allclose(r["summary"]["train_loss"], single["summary"]["train_loss"], rtol=1e-5)
