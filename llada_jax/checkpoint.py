@@ -26,18 +26,42 @@ CONFIG_FILE = "config.json"
 
 
 def save_params(directory, params, config: ml_collections.ConfigDict, *, overwrite: bool = False) -> epath.Path:
-    """Writes a params-only checkpoint. Orbax writes to a temporary folder and renames it when complete,
-    so a crash mid-save leaves no half-written `params/` behind."""
+    """Writes a params-only checkpoint (params/ + config.json).
+
+    The new export is written completely into a sibling folder first and only then swapped in, so a crash
+    at any point leaves either the old export or the new one, never a half-written folder in its place.
+    """
     directory = epath.Path(directory)
     if (directory / PARAMS_ITEM).exists() and not overwrite:
         raise FileExistsError(f"{directory} already holds a params checkpoint; choose another folder or pass overwrite")
-    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f"{directory.name}.incomplete"
+    if jax.process_index() == 0 and staging.exists():
+        staging.rmtree()  # left by an earlier crash mid-export
+    _sync("llada_export_staging")
+    staging.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory / PARAMS_ITEM, params, force=overwrite)
+        ckptr.save(staging / PARAMS_ITEM, params)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        (directory / CONFIG_FILE).write_text(config.to_json(indent=2))
+        (staging / CONFIG_FILE).write_text(config.to_json(indent=2))
+        if directory.exists():
+            old = directory.parent / f"{directory.name}.old"
+            if old.exists():
+                old.rmtree()
+            directory.rename(old)
+            staging.rename(directory)
+            old.rmtree()
+        else:
+            staging.rename(directory)
+    _sync("llada_export_done")
     return directory
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def read_config(directory) -> ml_collections.ConfigDict:

@@ -165,3 +165,16 @@ def test_tensorboard_events_hold_the_logged_loss(tmp_path):
     logged = {r["step"]: r["loss"] for r in records(tmp_path) if not r.get("final")}
     assert seen[("loss", 2)] == pytest.approx(logged[2])
     assert ("checkpoint_block_s", 2) in seen and ("lr", 1) in seen
+
+
+def test_params_export_is_swapped_in_only_when_complete(tmp_path):
+    config = small_config(*QUIET)
+    first = {"w": np.ones((4,), np.float32)}
+    checkpoint.save_params(tmp_path / "export", first, config)
+    # a crash in the middle of a later export leaves only its staging folder; the good export is untouched
+    (tmp_path / "export.incomplete" / "params").mkdir(parents=True)
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "params"]
+    checkpoint.save_params(tmp_path / "export", {"w": np.zeros((4,), np.float32)}, config, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    with pytest.raises(FileExistsError, match="already holds a params checkpoint"):
+        checkpoint.save_params(tmp_path / "export", first, config)
