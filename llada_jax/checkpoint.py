@@ -210,3 +210,10 @@ class RunCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_model(directory, mesh=None):
+    """(graphdef, params, config) ready for `model.apply`: what sampling, scoring and conversion need."""
+    params, config = load_params(directory, mesh)
+    graphdef = model_lib.split_model(model_lib.abstract_model(ModelConfig.from_config(config.model)))[0]
+    return graphdef, params, config

@@ -13,6 +13,8 @@ COMMANDS = {
     "train": "llada_jax.train_cli",
     "preflight": "llada_jax.preflight_cli",
     "sweep": "llada_jax.sweep_cli",
+    "sample": "llada_jax.sample_cli",
+    "score": "llada_jax.score_cli",
 }
 
 
