@@ -1,4 +1,4 @@
-"""Sampler throughput: generated tokens/s and forward passes, official schedule vs. threshold decoding.
+"""Sampler throughput: generated tokens/s and forward passes; official schedule, threshold decoding, KV cache.
 
     python benchmarks/sampling.py --config=configs/tiny.py --batch=8 --gen-length=128 --steps=128 \
         --block-length=32 [--threshold=0.9] [--checkpoint=DIR] [--config.X=Y ...]
@@ -41,10 +41,13 @@ def main():
     print(f"{jax.device_count()} x {jax.devices()[0].device_kind} | batch {args.batch} | prompt {args.prompt_length} | "
           f"gen {args.gen_length} | steps {args.steps} | block {args.block_length}")
     print(f"{'mode':<22} {'passes':>7} {'seconds':>9} {'tokens/s':>10}")
-    for name, threshold in (("official schedule", None), (f"threshold {args.threshold}", args.threshold)):
+    modes = (("official schedule", None, False), (f"threshold {args.threshold}", args.threshold, False),
+             ("prefix KV cache", None, True), (f"threshold + KV cache", args.threshold, True))
+    for name, threshold, kv_cache in modes:
         run = lambda: sampling.generate(  # noqa: E731
             graphdef, params, prompt, valid, jax.random.key(1), gen_length=args.gen_length, steps=args.steps,
-            block_length=args.block_length, mask_id=config.model.mask_token_id, threshold=threshold)
+            block_length=args.block_length, mask_id=config.model.mask_token_id, threshold=threshold,
+            kv_cache=kv_cache)
         jax.block_until_ready(run())  # compile
         times = []
         for _ in range(args.repeats):

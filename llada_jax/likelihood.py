@@ -37,7 +37,7 @@ def minibatch_nll(graphdef, params, seq, key, *, prompt_len: int, batch: int, ma
     noisy = jnp.where(masked, mask_id, tokens)
     positions = jnp.broadcast_to(jnp.arange(total), (batch, total))
     prompt_mask = jnp.broadcast_to(jnp.arange(total) < prompt_len, (batch, total))
-    logits = guided_logits(graphdef, params, noisy, positions, jnp.ones_like(noisy), prompt_mask, mask_id, cfg_scale)
+    logits, _ = guided_logits(graphdef, params, noisy, positions, jnp.ones_like(noisy), prompt_mask, mask_id, cfg_scale)
     ce = diffusion.cross_entropy(logits, tokens)
     return jnp.sum(ce * masked, axis=1) * answer_len / counts
 

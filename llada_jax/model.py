@@ -70,7 +70,9 @@ class Block(nnx.Module):
         self.up_proj = _param(rngs, (d, f), std, pdt, ("embed", "mlp"))
         self.ff_out = _param(rngs, (f, d), out_std, pdt, ("mlp", "embed"))
 
-    def __call__(self, x, cos, sin, attn_mask):
+    def __call__(self, x, cos, sin, attn_mask, prefix_kv=None):
+        """x [B, T, d] -> (x, (k, v)). `prefix_kv` (keys/values of earlier positions, RoPE applied) is attended
+        to before x's own keys: the prefix KV cache of the sampler."""
         cfg = self.cfg
         dt = x.dtype
         w = lambda p: p[...].astype(dt)  # noqa: E731  (params live in f32, compute in cfg.dtype)
@@ -80,11 +82,15 @@ class Block(nnx.Module):
         k = apply_rope(jnp.einsum("btd,dkh->btkh", y, w(self.k_proj)), cos, sin)
         v = jnp.einsum("btd,dkh->btkh", y, w(self.v_proj))
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
+        keys, values = k, v
+        if prefix_kv is not None:
+            keys = jnp.concatenate([prefix_kv[0].astype(dt), k], axis=1)
+            values = jnp.concatenate([prefix_kv[1].astype(dt), v], axis=1)
         attn = jax.nn.dot_product_attention(
-            q, k, v,
+            q, keys, values,
             mask=attn_mask,
             scale=cfg.head_dim ** -0.5,
-            is_causal=cfg.causal,
+            is_causal=cfg.causal and prefix_kv is None,
             implementation=None if cfg.attention == "auto" else cfg.attention,
         )
         x = x + jnp.einsum("btnh,nhd->btd", attn, w(self.attn_out))
@@ -95,7 +101,7 @@ class Block(nnx.Module):
         up = jnp.einsum("btd,df->btf", y, w(self.up_proj))
         hidden = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
         x = x + jnp.einsum("btf,fd->btd", hidden, w(self.ff_out))
-        return sharding.constrain(x, ("batch", "length", "act_embed"))
+        return sharding.constrain(x, ("batch", "length", "act_embed")), (k, v)
 
 
 class Transformer(nnx.Module):
@@ -118,8 +124,15 @@ class Transformer(nnx.Module):
             self.ff_out = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, pdt, ("embed", "vocab"))
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
-        """`segment_ids` (packed documents or padding) restrict attention to equal ids; positions default to 0..T-1."""
+                 segment_ids: jax.Array | None = None, *, prefix_kv=None, prefix_segment_ids=None,
+                 return_kv: bool = False):
+        """tokens [B, T] -> float32 logits [B, T, V].
+
+        `segment_ids` (packed documents or padding) restrict attention to equal ids; positions default to
+        0..T-1. Sampler extras: `return_kv` also returns every layer's keys/values ([layers, B, T, K, H] each);
+        `prefix_kv` (such a pair for earlier positions, with `prefix_segment_ids`) lets `tokens` attend to a
+        cached prefix without recomputing it.
+        """
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         if positions is None:
@@ -127,27 +140,33 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         attn_mask = None
         if segment_ids is not None:
-            attn_mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None, :, :]
+            key_ids = segment_ids if prefix_kv is None else jnp.concatenate([prefix_segment_ids, segment_ids], axis=1)
+            attn_mask = (segment_ids[:, :, None] == key_ids[:, None, :])[:, None, :, :]
 
         x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
 
         graphdef, stacked = nnx.split(self.blocks)
 
-        def layer(x, layer_state):
-            return nnx.merge(graphdef, layer_state)(x, cos, sin, attn_mask), None
+        def layer(x, xs):
+            layer_state, layer_prefix = xs
+            return nnx.merge(graphdef, layer_state)(x, cos, sin, attn_mask, layer_prefix)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            x, _ = jax.lax.scan(layer, x, stacked)
+            x, kv = jax.lax.scan(layer, x, (stacked, prefix_kv))
         else:
+            per_layer = []
             for i in range(cfg.n_layers):
-                x, _ = layer(x, jax.tree.map(lambda a, i=i: a[i], stacked))
+                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, prefix_kv)))
+                per_layer.append(layer_kv)
+            kv = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
 
         x = rms_norm(x, self.ln_f[...], cfg.rms_norm_eps)
         logits = jnp.einsum("btd,dv->btv", x, self.ff_out[...].astype(dt))
-        return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits = sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        return (logits, kv) if return_kv else logits
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:
@@ -163,9 +182,10 @@ def split_model(model: Transformer):
     return graphdef, state.to_pure_dict(), names
 
 
-def apply(graphdef, params, tokens, positions=None, segment_ids=None) -> jax.Array:
-    """Pure forward pass: params (a pure dict, f32) and tokens in, float32 logits out."""
-    return nnx.merge(graphdef, params)(tokens, positions, segment_ids)
+def apply(graphdef, params, tokens, positions=None, segment_ids=None, **cache_args):
+    """Pure forward pass: params (a pure dict, f32) and tokens in, float32 logits out (see Transformer.__call__
+    for the sampler's KV-cache arguments)."""
+    return nnx.merge(graphdef, params)(tokens, positions, segment_ids, **cache_args)
 
 
 def init_params(cfg: ModelConfig, seed: int):

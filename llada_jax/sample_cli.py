@@ -16,6 +16,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
     parser.add_argument("--threshold", type=float, default=None,
                         help="reveal every token above this confidence (at least one per step)")
+    parser.add_argument("--kv-cache", action="store_true",
+                        help="reuse keys/values of the prompt and finished blocks within a block (approximate, faster)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", default=None, metavar="PNG", help="write which position was revealed at which step")
 
@@ -57,7 +59,7 @@ def run(args, overrides) -> int:
     out, trace, passes = sampling.generate(
         graphdef, params, ids, valid, jax.random.key(args.seed), gen_length=args.gen_length, steps=args.steps,
         block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
-        remasking=args.remasking, mask_id=config.model.mask_token_id, threshold=args.threshold)
+        remasking=args.remasking, mask_id=config.model.mask_token_id, threshold=args.threshold, kv_cache=args.kv_cache)
     for prompt, row in zip(prompts, jax.device_get(out)):
         text = vocab.decode(sampling.crop_at_eos(row[ids.shape[1]:], vocab.eos_id))
         print(f"=== {prompt}\n{text}")

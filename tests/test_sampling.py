@@ -195,7 +195,7 @@ def trained(tmp_path_factory):
 
 def test_sample_cli_on_a_trained_checkpoint(trained, tmp_path, capsys):
     assert main(["sample", f"--checkpoint={trained}", "--prompt=def f(", "--prompt=x", "--gen-length=16",
-                 "--steps=8", "--block-length=8", f"--trace={tmp_path / 'trace.png'}"]) == 0
+                 "--steps=8", "--block-length=8", "--kv-cache", f"--trace={tmp_path / 'trace.png'}"]) == 0
     out = capsys.readouterr().out
     assert "=== def f(" in out and "=== x" in out and "(8 forward passes for 2 x 16 tokens)" in out
     assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG"
@@ -226,3 +226,42 @@ def test_score_cli_multiple_choice(trained, tmp_path, capsys):
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["sample", f"--checkpoint={tmp_path}", "--prompt=a"]) == 2
     assert "holds no 'params' checkpoint" in capsys.readouterr().err
+
+
+def test_cached_prefix_decode_equals_the_full_forward():
+    """Suffix logits computed against a prefix K/V cache (taken from a full forward) equal the full forward's."""
+    tokens = jax.random.randint(jax.random.key(4), (2, 10), 0, 47)
+    seg = jnp.ones_like(tokens).at[0, :2].set(0)  # row 0 has two padding tokens
+    pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
+    full, kv = M.apply(GRAPHDEF, PARAMS, tokens, pos, seg, return_kv=True)
+    assert kv[0].shape == (2, 2, 10, 4, 8)  # [layers, batch, length, kv heads, head dim]
+    prefix = jax.tree.map(lambda a: a[:, :, :6], kv)
+    suffix = M.apply(GRAPHDEF, PARAMS, tokens[:, 6:], pos[:, 6:], seg[:, 6:], prefix_kv=prefix,
+                     prefix_segment_ids=seg[:, :6])
+    np.testing.assert_allclose(np.asarray(suffix), np.asarray(full[:, 6:]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg_scale, threshold", [(0.0, None), (2.0, None), (0.0, 1.0)])
+def test_kv_cache_is_exact_with_one_step_per_block(cfg_scale, threshold):
+    """Each block's first step is a full forward, so with one step per block the cache changes nothing."""
+    kw = dict(gen_length=12, steps=3, block_length=4, temperature=0.6, cfg_scale=cfg_scale)
+    if threshold is not None:  # threshold 1.0 reveals one token per pass: compare against one step per token
+        kw.update(steps=12, threshold=threshold)
+    plain, _, p_plain = run([5, 9, 2, 30], key=jax.random.key(3), **kw)
+    kw_cache = dict(kw, steps=3) if threshold is None else kw
+    cached, _, p_cached = run([5, 9, 2, 30], key=jax.random.key(3), kv_cache=True, **kw_cache)
+    if threshold is None:
+        np.testing.assert_array_equal(cached, plain)
+        assert p_cached == p_plain == 3
+    else:
+        assert MASK not in cached and p_cached == p_plain == 12
+
+
+def test_kv_cache_with_several_steps_per_block_completes_on_schedule():
+    prompt = [5, 9, 2, 30]
+    plain, plain_trace, _ = run(prompt, gen_length=12, steps=12, block_length=4)
+    cached, trace, passes = run(prompt, gen_length=12, steps=12, block_length=4, kv_cache=True)
+    assert passes == 12 and MASK not in cached
+    np.testing.assert_array_equal(np.sort(trace[4:]), np.arange(12))  # one reveal per step, as scheduled
+    # the first step of each block is exact: the token it reveals matches the uncached decoder
+    assert cached[4:][trace[4:] == 0] == plain[4:][plain_trace[4:] == 0]
