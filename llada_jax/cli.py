@@ -15,6 +15,7 @@ COMMANDS = {
     "sweep": "llada_jax.sweep_cli",
     "sample": "llada_jax.sample_cli",
     "score": "llada_jax.score_cli",
+    "convert": "llada_jax.convert_cli",
 }
 
 

@@ -1,0 +1,50 @@
+"""Convert checkpoints: `llada-jax convert to-hf --checkpoint=CKPT --out=DIR` / `from-hf --hf-dir=DIR --out=CKPT`."""
+from __future__ import annotations
+
+import argparse
+import os
+
+SIZE_UNITS = {"KB": 2**10, "MB": 2**20, "GB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    from llada_jax.config import ConfigError
+
+    text = text.strip().upper()
+    for unit, factor in SIZE_UNITS.items():
+        if text.endswith(unit) and text[:-2].replace(".", "", 1).isdigit():
+            return int(float(text[:-2]) * factor)
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"--max-shard-size={text!r} is not a size; write e.g. 5GB, 500MB or a byte count")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("direction", choices=["to-hf", "from-hf"])
+    parser.add_argument("--checkpoint", help="to-hf: params export, run workdir or checkpoint step")
+    parser.add_argument("--hf-dir", help="from-hf: folder with config.json and *.safetensors")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", default="bfloat16", help="to-hf: bfloat16 or float32")
+    parser.add_argument("--tokenizer", default=None, help="to-hf: tokenizer folder to copy alongside")
+    parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "base.py"),
+                        help="from-hf: config whose non-model fields the imported checkpoint carries")
+
+
+def run(args, overrides) -> int:
+    from llada_jax import convert
+    from llada_jax.config import ConfigError, load_config
+
+    if args.direction == "to-hf":
+        if not args.checkpoint:
+            raise ConfigError("convert to-hf needs --checkpoint=CKPT (a params export or a run workdir)")
+        files = convert.to_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
+                              max_shard_bytes=parse_size(args.max_shard_size))
+        print(f"wrote {len(files)} files to {args.out}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}")
+    else:
+        if not args.hf_dir:
+            raise ConfigError("convert from-hf needs --hf-dir=DIR (a folder with config.json and safetensors)")
+        config = convert.from_hf(args.hf_dir, args.out, load_config(args.config, overrides))
+        m = config.model
+        print(f"imported {m.n_layers} x {m.d_model} ({'causal' if m.causal else 'bidirectional'}) into {args.out}")
+    return 0
