@@ -10,6 +10,7 @@ Paths go through etils.epath so `gs://` buckets work like local folders.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import jax
@@ -25,13 +26,20 @@ PARAMS_ITEM = "params"
 CONFIG_FILE = "config.json"
 
 
+def as_path(path) -> epath.Path:
+    """epath for a local folder or a bucket URL; local folders are made absolute because Orbax refuses
+    relative paths (so `--workdir=runs/demo` works from any directory)."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def save_params(directory, params, config: ml_collections.ConfigDict, *, overwrite: bool = False) -> epath.Path:
     """Writes a params-only checkpoint (params/ + config.json).
 
     The new export is written completely into a sibling folder first and only then swapped in, so a crash
     at any point leaves either the old export or the new one, never a half-written folder in its place.
     """
-    directory = epath.Path(directory)
+    directory = as_path(directory)
     if (directory / PARAMS_ITEM).exists() and not overwrite:
         raise FileExistsError(f"{directory} already holds a params checkpoint; choose another folder or pass overwrite")
     staging = directory.parent / f"{directory.name}.incomplete"
@@ -66,7 +74,7 @@ def _sync(name: str) -> None:
 
 def read_config(directory) -> ml_collections.ConfigDict:
     """The run config stored with a params export or a training-checkpoint step."""
-    directory = epath.Path(directory)
+    directory = as_path(directory)
     for path in (directory / CONFIG_FILE, directory / "config" / "metadata"):
         if path.exists():
             return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -76,7 +84,7 @@ def read_config(directory) -> ml_collections.ConfigDict:
 def resolve(directory) -> epath.Path:
     """A folder holding `params/`: the folder itself, or the latest step of a run's checkpoints folder
     (given as WORKDIR, WORKDIR/checkpoints or a step folder)."""
-    directory = epath.Path(directory)
+    directory = as_path(directory)
     if (directory / PARAMS_ITEM).exists() and ((directory / CONFIG_FILE).exists() or (directory / "config").exists()):
         return directory
     for root in (directory / "checkpoints", directory):
@@ -132,7 +140,7 @@ class RunCheckpointer:
     def __init__(self, workdir, config, *, mesh):
         c = config.checkpoint
         self.config, self.mesh = config, mesh
-        self.directory = epath.Path(workdir) / "checkpoints"
+        self.directory = as_path(workdir) / "checkpoints"
         self.every_steps, self.every_minutes = int(c.every_steps), float(c.every_minutes)
         self._last_save_time = time.monotonic()
         self._check_directory()

@@ -55,7 +55,7 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
     the same command again to continue.
     """
     validate(config, jax.device_count())
-    workdir = epath.Path(workdir)
+    workdir = checkpoint.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t_cfg = config.train
 

@@ -178,3 +178,14 @@ def test_params_export_is_swapped_in_only_when_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     with pytest.raises(FileExistsError, match="already holds a params checkpoint"):
         checkpoint.save_params(tmp_path / "export", first, config)
+
+
+def test_relative_workdir_as_in_the_readme(tmp_path, monkeypatch):
+    """`llada-jax train --workdir=runs/demo`: Orbax wants absolute paths, so relative ones are resolved."""
+    monkeypatch.chdir(tmp_path)
+    config = small_config(*QUIET, "train.steps=2", "checkpoint.every_steps=1")
+    loop.run(config, "runs/demo", quiet=True, stop_after=1)
+    loop.run(config, "runs/demo", quiet=True)
+    params, saved = checkpoint.load_params("runs/demo")
+    assert saved.train.steps == 2 and (tmp_path / "runs" / "demo" / "params" / "config.json").exists()
+    assert checkpoint.load_params("runs/demo/params")[0]["wte"].shape == params["wte"].shape
