@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         # 2.13.0 is the CPU build this project's machines have on disk; any later 2.x works too.
-        "torch": ["torch>=2.4", "transformers>=4.40"],
+        "torch": ["torch>=2.4", "transformers>=4.40", "safetensors>=0.4"],
         "sweep": ["matplotlib>=3.7"],  # plots of scaling fits
         "dev": ["pytest>=8.0", "matplotlib>=3.7"],
     },

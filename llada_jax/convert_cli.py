@@ -4,19 +4,29 @@ from __future__ import annotations
 import argparse
 import os
 
-SIZE_UNITS = {"KB": 2**10, "MB": 2**20, "GB": 2**30}
+# decimal units as transformers' save_pretrained reads them, binary ones spelled out
+SIZE_UNITS = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
 
 
 def parse_size(text: str) -> int:
     from llada_jax.config import ConfigError
 
-    text = text.strip().upper()
+    clean = text.strip().upper()
     for unit, factor in SIZE_UNITS.items():
-        if text.endswith(unit) and text[:-2].replace(".", "", 1).isdigit():
-            return int(float(text[:-2]) * factor)
-    if text.isdigit():
-        return int(text)
-    raise ConfigError(f"--max-shard-size={text!r} is not a size; write e.g. 5GB, 500MB or a byte count")
+        number = clean[:-len(unit)].strip()
+        if clean.endswith(unit) and number.replace(".", "", 1).isdigit():
+            return int(float(number) * factor)
+    if clean.isdigit():
+        return int(clean)
+    raise ConfigError(f"--max-shard-size={text!r} is not a size; write e.g. 5GB, 500MB, 2GiB or a byte count")
+
+
+def default_import_config(hf_dir: str) -> str:
+    """The run config an export wrote beside its weights (a faithful round trip), else configs/base.py."""
+    saved = os.path.join(hf_dir, "llada_jax_config.json")
+    if os.path.isfile(saved):
+        return saved
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.py")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +37,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="bfloat16", help="to-hf: bfloat16 or float32")
     parser.add_argument("--tokenizer", default=None, help="to-hf: tokenizer folder to copy alongside")
     parser.add_argument("--max-shard-size", default="5GB")
-    parser.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "base.py"),
-                        help="from-hf: config whose non-model fields the imported checkpoint carries")
+    parser.add_argument("--config", default=None,
+                        help="from-hf: config whose non-model fields the imported checkpoint carries (default: the "
+                             "llada_jax_config.json an export left in the folder, else configs/base.py); "
+                             "--config.a.b=value overrides apply on top")
 
 
 def run(args, overrides) -> int:
@@ -44,7 +56,8 @@ def run(args, overrides) -> int:
     else:
         if not args.hf_dir:
             raise ConfigError("convert from-hf needs --hf-dir=DIR (a folder with config.json and safetensors)")
-        config = convert.from_hf(args.hf_dir, args.out, load_config(args.config, overrides))
+        config_path = args.config or default_import_config(args.hf_dir)
+        config = convert.from_hf(args.hf_dir, args.out, load_config(config_path, overrides), overrides)
         m = config.model
         print(f"imported {m.n_layers} x {m.d_model} ({'causal' if m.causal else 'bidirectional'}) into {args.out}")
     return 0

@@ -22,15 +22,17 @@ LLAMA = {"embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "hea
 
 
 class ReferenceModel:
-    """logits = ReferenceModel(folder)(token_ids) in float32; bidirectional for LLaDA, causal for Llama."""
+    """logits = ReferenceModel(folder)(token_ids) in float32; bidirectional for LLaDA, causal for Llama unless
+    `causal` says otherwise. Grouped-query attention (fewer key/value heads) is supported in both formats."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, causal: bool | None = None):
         import numpy as np
         import torch
 
         with open(os.path.join(folder, "config.json")) as f:
             hf = json.load(f)
         self.llama = hf["model_type"] == "llama"
+        self.causal = self.llama if causal is None else causal
         self.names = LLAMA if self.llama else LLADA
         if self.llama:
             self.n_layers, self.n_heads = hf["num_hidden_layers"], hf["num_attention_heads"]
@@ -40,8 +42,9 @@ class ReferenceModel:
             self.n_layers, self.n_heads = hf["n_layers"], hf["n_heads"]
             self.n_kv = hf.get("n_kv_heads") or self.n_heads
             self.head_dim = hf["d_model"] // self.n_heads
-        self.theta = float(hf.get("rope_theta", 500000.0))
-        self.eps = float(hf.get("rms_norm_eps", 1e-5))
+        rope = hf.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta here
+        self.theta = float(hf.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+        self.eps = float(hf.get("rms_norm_eps", 1e-6 if self.llama else 1e-5))
         self.w = {}
         for file in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
             for name, array in safetensors_io.iterate(os.path.join(folder, file)):
@@ -82,7 +85,7 @@ class ReferenceModel:
             group = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             scores = (q @ k.transpose(-1, -2)) / self.head_dim ** 0.5
-            if self.llama:
+            if self.causal:
                 scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
             attn = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
             x = x + attn @ w("o").T

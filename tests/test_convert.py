@@ -13,10 +13,15 @@ from llada_jax import model as M
 from llada_jax.cli import main
 from llada_jax.config import ConfigError, ModelConfig
 
-from helpers import small_config
+from helpers import ROOT, small_config
 
-torch = pytest.importorskip("torch")
-from llada_jax.torch_reference import ReferenceModel  # noqa: E402
+
+def reference(folder, **kwargs):
+    """The independent PyTorch implementation (skips the test where torch is not installed)."""
+    pytest.importorskip("torch")
+    from llada_jax.torch_reference import ReferenceModel
+
+    return ReferenceModel(str(folder), **kwargs)
 
 
 def export(tmp_path, *overrides, name="ckpt"):
@@ -46,7 +51,7 @@ def test_torch_reference_matches_jax_on_the_converted_checkpoint(tmp_path, overr
     assert hf["model_type"] == "llada" and hf["architectures"] == ["LLaDAModelLM"]
     assert hf["mask_token_id"] == 259 and hf["weight_tying"] is False and hf["mlp_hidden_size"] == 64
     tokens = tokens_with_masks(config)
-    ref = ReferenceModel(str(tmp_path / "hf"))(tokens).numpy()
+    ref = reference(tmp_path / "hf")(tokens).numpy()
     assert np.abs(ref - jax_logits(params, config, tokens)).max() < 1e-4
 
 
@@ -67,11 +72,12 @@ def test_orbax_to_hf_to_orbax_is_bitwise(tmp_path):
     ckpt, params, config = export(tmp_path)
     assert main(["convert", "to-hf", f"--checkpoint={ckpt}", f"--out={tmp_path / 'hf'}", "--dtype=float32"]) == 0
     assert main(["convert", "from-hf", f"--hf-dir={tmp_path / 'hf'}", f"--out={tmp_path / 'back'}",
-                 f"--config={os.path.dirname(os.path.dirname(__file__))}/configs/tiny.py"]) == 0
+                 f"--config={ROOT}/configs/tiny.py"]) == 0
     back, back_config = checkpoint.load_params(tmp_path / "back")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert back_config.model.d_model == 32 and back_config.model.mask_token_id == 259
+    assert not list(tmp_path.glob(".back.import-*"))  # the memory-mapped scratch files are gone
 
 
 def test_bfloat16_export_rounds_each_weight(tmp_path):
@@ -112,16 +118,33 @@ def test_autoregressive_baseline_exports_as_llama(tmp_path):
     header, _ = safetensors_io.read_header(str(tmp_path / "hf" / "model.safetensors"))
     assert "model.layers.0.self_attn.o_proj.weight" in header and "lm_head.weight" in header
     tokens = tokens_with_masks(config)
-    ref = ReferenceModel(str(tmp_path / "hf"))(tokens).numpy()
+    ref = reference(tmp_path / "hf")(tokens).numpy()
     assert np.abs(ref - jax_logits(params, config, tokens)).max() < 1e-4
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        return
-    model = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"), torch_dtype=torch.float32)
+    # and back: bitwise, still the causal baseline
+    convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+    back, back_config = checkpoint.load_params(tmp_path / "back")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert back_config.model.causal and back_config.train.objective == "ar" and back_config.model.n_kv_heads == 2
+
+
+def test_transformers_llama_loads_the_baseline_export_and_its_save_imports_back(tmp_path):
+    """transformers' own LlamaForCausalLM (rotate-half q/k layout, no permutation) gives our logits, and a folder
+    written by its save_pretrained (an independent safetensors writer) imports to the same model."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    ckpt, params, config = export(tmp_path, "model.dtype=float32", "model.causal=True", "train.objective=ar",
+                                  "model.n_kv_heads=2")
+    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    tokens = tokens_with_masks(config)
+    model = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
     with torch.no_grad():
         hf_logits = model(torch.as_tensor(tokens)).logits.numpy()
     assert np.abs(hf_logits - jax_logits(params, config, tokens)).max() < 1e-4
+    model.save_pretrained(str(tmp_path / "saved"))
+    convert.from_hf(tmp_path / "saved", tmp_path / "back", small_config("model.dtype=float32"))
+    back, back_config = checkpoint.load_params(tmp_path / "back")
+    assert np.abs(jax_logits(back, back_config, tokens) - hf_logits).max() < 1e-4
 
 
 def _rewrite(folder, drop=None, add=None, reshape=None):
@@ -169,3 +192,126 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "has no config.json" in capsys.readouterr().err
     assert main(["convert", "to-hf", f"--checkpoint={tmp_path}", f"--out={tmp_path / 'x'}", "--max-shard-size=lots"]) == 2
     assert "is not a size" in capsys.readouterr().err
+
+
+def test_reference_causal_switch_is_what_makes_the_baseline_match(tmp_path):
+    """Without its causal mask the reference no longer matches the AR baseline: the mask is really applied."""
+    ckpt, params, config = export(tmp_path, "model.dtype=float32", "model.causal=True", "train.objective=ar")
+    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    tokens = tokens_with_masks(config)
+    bidirectional = reference(tmp_path / "hf", causal=False)(tokens).numpy()
+    assert np.abs(bidirectional - jax_logits(params, config, tokens)).max() > 1e-3  # the mask matters
+
+
+def test_safetensors_package_reads_the_export(tmp_path):
+    """An independent reader (the safetensors library) sees our bfloat16 files exactly as written."""
+    pytest.importorskip("torch")
+    safe_open = pytest.importorskip("safetensors").safe_open
+    ckpt, params, _ = export(tmp_path)
+    convert.to_hf(ckpt, tmp_path / "hf", dtype="bfloat16")
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), framework="pt") as f:
+        q = f.get_tensor("model.transformer.blocks.1.q_proj.weight")
+        assert str(q.dtype) == "torch.bfloat16" and tuple(q.shape) == (32, 32)
+        want = np.asarray(params["blocks"]["q_proj"][1]).reshape(32, 32).T.astype(ml_dtypes.bfloat16)
+        np.testing.assert_array_equal(q.float().numpy(), want.astype(np.float32))
+
+
+def test_export_streams_one_parameter_at_a_time(tmp_path, monkeypatch):
+    """to-hf never restores the whole params tree (an 8B model must fit a 64 GB host)."""
+    ckpt, params, _ = export(tmp_path)
+
+    def whole_restore(*args, **kwargs):
+        raise AssertionError("to_hf restored the whole checkpoint")
+
+    monkeypatch.setattr(checkpoint, "load_params", whole_restore)
+    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    tensors = dict(safetensors_io.iterate(str(tmp_path / "hf" / "model.safetensors")))
+    np.testing.assert_array_equal(tensors["model.transformer.wte.weight"], np.asarray(params["wte"]))
+
+
+def test_cli_round_trip_without_config_keeps_the_run_config(tmp_path):
+    ckpt, _, config = export(tmp_path, "train.steps=7")
+    assert main(["convert", "to-hf", f"--checkpoint={ckpt}", f"--out={tmp_path / 'hf'}", "--max-shard-size=30KB"]) == 0
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
+    assert main(["convert", "from-hf", f"--hf-dir={tmp_path / 'hf'}", f"--out={tmp_path / 'back'}",
+                 "--config.model.max_seq_len=32"]) == 0
+    _, back_config = checkpoint.load_params(tmp_path / "back")
+    assert back_config.train.steps == 7 and back_config.model.max_seq_len == 32
+
+
+def _edit_config(folder, **changes):
+    hf = json.loads((folder / "config.json").read_text())
+    hf.update(changes)
+    (folder / "config.json").write_text(json.dumps(hf))
+
+
+@pytest.mark.parametrize("changes, overrides, fragment", [
+    ({}, ["model.vocab_size=512"], "--config.model.vocab_size=512 disagrees with config.json, which gives 320"),
+    ({"mask_token_id": 400}, [], "mask_token_id=400 is outside the checkpoint's vocabulary [0, 320)"),
+    ({"embedding_size": 300}, [], "embedding_size=300 < vocab_size=320"),
+    ({"vocab_size": 321, "embedding_size": 321}, [], "tensor model.transformer.wte.weight has shape (320, 32) but config.json implies (321, 32)"),
+    ({"activation_type": "swiglu"}, [], "activation_type='swiglu'; llada_jax's model needs activation_type='silu'"),
+    ({"n_kv_heads": 3}, [], "n_heads=4, n_kv_heads=3"),
+])
+def test_import_config_mismatches_fail_with_one_sentence(tmp_path, changes, overrides, fragment):
+    ckpt, _, _ = export(tmp_path)
+    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    _edit_config(tmp_path / "hf", **changes)
+    with pytest.raises(ConfigError) as err:
+        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config(*overrides), overrides)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "back").exists()
+
+
+def test_vocab_override_mismatch_through_the_cli(tmp_path, capsys):
+    ckpt, _, _ = export(tmp_path)
+    convert.to_hf(ckpt, tmp_path / "hf")
+    assert main(["convert", "from-hf", f"--hf-dir={tmp_path / 'hf'}", f"--out={tmp_path / 'back'}",
+                 "--config.model.vocab_size=512"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "vocab_size=512 disagrees with config.json" in err
+
+
+def test_integer_tensor_is_refused(tmp_path):
+    ckpt, _, _ = export(tmp_path)
+    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    path = str(tmp_path / "hf" / "model.safetensors")
+    tensors = {name: np.array(array) for name, array in safetensors_io.iterate(path)}
+    tensors["model.transformer.ln_f.weight"] = tensors["model.transformer.ln_f.weight"].astype(np.int32)
+    os.remove(path)
+    safetensors_io.write(path, [(n, a.shape, a.dtype) for n, a in tensors.items()], tensors.__getitem__)
+    with pytest.raises(ConfigError, match="tensor model.transformer.ln_f.weight has dtype I32; weights must be"):
+        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+
+
+def test_llama_rope_scaling_is_refused(tmp_path):
+    ckpt, _, _ = export(tmp_path, "model.causal=True", "train.objective=ar")
+    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    _edit_config(tmp_path / "hf", rope_scaling={"rope_type": "llama3", "factor": 8.0}, rope_parameters=None)
+    with pytest.raises(ConfigError, match="'llama3' RoPE scaling"):
+        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+
+
+def test_export_refuses_a_tokenizer_larger_than_the_vocab_and_a_used_folder(tmp_path):
+    ckpt, _, _ = export(tmp_path)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0, "b": 400}}}))
+    with pytest.raises(ConfigError, match="has ids up to 400 but the model's vocab_size is 320"):
+        convert.to_hf(ckpt, tmp_path / "hf", tokenizer=tmp_path / "tok")
+    convert.to_hf(ckpt, tmp_path / "hf")
+    with pytest.raises(ConfigError, match="already holds a Hugging Face checkpoint"):
+        convert.to_hf(ckpt, tmp_path / "hf")
+
+
+def test_tokenizer_copy_skips_another_checkpoints_weights_and_config(tmp_path):
+    """Passing an official release folder as --tokenizer copies its tokenizer and modeling code, not its weights."""
+    ckpt, _, _ = export(tmp_path)
+    release = tmp_path / "release"
+    release.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "modeling_llada.py", "config.json",
+                 "model.safetensors.index.json", "model-00001-of-00006.safetensors"):
+        (release / name).write_text("{}")
+    files = convert.to_hf(ckpt, tmp_path / "hf", tokenizer=release)
+    assert {"tokenizer.json", "tokenizer_config.json", "modeling_llada.py"} <= set(files)
+    assert not (tmp_path / "hf" / "model.safetensors.index.json").exists()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "llada"
