@@ -91,12 +91,37 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.1
     c.optimizer.grad_clip = 1.0  # global-norm clipping; 0 disables
 
+    # Input pipeline (llada_jax/data/). Anything but source="prepared" is tokenized on first use into
+    # cache_dir (`llada-jax prepare` does the same ahead of time, for big corpora); training then reads the
+    # ArrayRecord shards through grain.
     c.data = ml_collections.ConfigDict()
-    c.data.tokenizer = "byte"  # byte: no tokenizer file needed
-    c.data.tokenizer_path = ""  # folder or file of a tokenizer that needs one
-    c.data.source = "pydoc"  # pydoc: CPython's bundled documentation (no download) | text: files in data.path
-    c.data.path = ""  # glob of UTF-8 text files when source == "text"
+    c.data.tokenizer = "byte"  # byte (no file) | sentencepiece (a .model) | hf (a tokenizer.json, e.g. LLaDA's)
+    c.data.tokenizer_path = ""  # the .model file or the tokenizer.json (or its folder) for sentencepiece / hf
+    # pydoc: CPython's bundled documentation (no download) | text: files in data.path, one document each |
+    # jsonl / parquet: field data.text_field of each line / row | sft_jsonl: conversations ({"prompt",
+    # "response"} or {"messages"}) | seqio: a registered Task or Mixture | prepared: a folder in data.path
+    c.data.source = "pydoc"
+    c.data.path = ""  # files or globs (comma-separated) for text/jsonl/parquet/sft_jsonl; the folder for prepared
+    c.data.text_field = "text"  # jsonl key / parquet column holding the document
+    c.data.seqio_task = ""  # seqio Task or Mixture name when source == "seqio"
+    c.data.seqio_split = "train"
+    c.data.seqio_feature = "targets"  # the tokenized feature to train on
+    c.data.import_module = ""  # comma-separated modules to import first (they register seqio Tasks / chat templates)
     c.data.include_stdlib_source = False  # pydoc source: also the standard library's .py files
-    c.data.eval_fraction = 0.05  # tail of the corpus held out for eval loss
+    c.data.eval_fraction = 0.05  # share of documents held out (evenly spread) as the eval split
+    c.data.docs_per_shard = 1000  # documents per ArrayRecord shard when preparing on first use
+    c.data.strict = False  # True: the first bad document (empty, non-UTF-8, missing field) is an error, not a skip
+    c.data.cache_dir = ""  # where sources are prepared on first use; "" = ~/.cache/llada_jax/datasets
+    c.data.mixture = ""  # "folder_a:0.7,folder_b:0.3": prepared folders mixed by share of rows (overrides source)
+    c.data.packing = "concat"  # concat: join with EOS and split (paper) | first_fit: whole documents + segment_ids
+    c.data.shuffle = True  # global document shuffle by train.seed, a new permutation every epoch
+    # batch: every process forms the global batch and keeps its rows (data independent of the process count)
+    # | document: each process reads only its share of documents (reads scale with the pod; order depends on it)
+    c.data.shard_by = "batch"
+    c.data.read_threads = 4  # threads reading shards in each process
+    c.data.worker_count = 0  # grain worker processes per host (0: read in the training process)
+    c.data.worker_buffer_size = 2  # batches each worker prepares ahead
+    c.data.chat_template = "auto"  # SFT: auto (llada for hf, else plain) | plain | llada
+    c.data.sft_overlong = "truncate"  # SFT examples longer than train.seq_len: truncate the response | drop
 
     return c

@@ -29,5 +29,5 @@ def get_config():
     c.train.eval_every = 2000
     c.optimizer.lr = 4e-4
     c.optimizer.warmup_steps = 2000
-    c.data.tokenizer = "llada"  # the official tokenizer.json from a local folder (data.tokenizer_path)
+    c.data.tokenizer = "hf"  # the official LLaDA tokenizer.json: set data.tokenizer_path to its local folder
     return c

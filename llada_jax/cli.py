@@ -16,6 +16,7 @@ COMMANDS = {
     "sample": "llada_jax.sample_cli",
     "score": "llada_jax.score_cli",
     "convert": "llada_jax.convert_cli",
+    "prepare": "llada_jax.prepare_cli",
 }
 
 

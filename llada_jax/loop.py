@@ -15,8 +15,7 @@ from etils import epath
 
 from llada_jax import checkpoint, sharding
 from llada_jax.config import validate
-from llada_jax.data import text_corpus
-from llada_jax.data.vocab import get_vocabulary
+from llada_jax.data import pipeline
 from llada_jax.metrics import MetricsWriter
 from llada_jax.preemption import PreemptionWatcher
 from llada_jax.train import Trainer
@@ -33,19 +32,7 @@ def _fmt_time(seconds: float) -> str:
 
 def build_data(config):
     """(train batch iterator with get_state/set_state, fixed eval batches for this process, info)."""
-    t = config.train
-    vocab = get_vocabulary(config)
-    stream = text_corpus.token_stream(config, vocab)
-    train_stream, eval_stream = text_corpus.split_stream(stream, config.data.eval_fraction, t.seq_len)
-    batches = text_corpus.WindowBatches(train_stream, t.global_batch_size, t.seq_len, t.seed,
-                                        jax.process_index(), jax.process_count())
-    micro = t.global_batch_size // t.grad_accum_steps
-    rows = slice(jax.process_index() * micro // jax.process_count(), (jax.process_index() + 1) * micro // jax.process_count())
-    eval_sets = [{k: v[rows] for k, v in b.items()}
-                 for b in text_corpus.eval_batches(eval_stream, micro, t.seq_len, t.eval_batches)]
-    info = {"train_tokens": len(train_stream), "eval_tokens": len(eval_stream),
-            "unigram_entropy": text_corpus.unigram_entropy(train_stream)}
-    return batches, eval_sets, info
+    return pipeline.build(config, jax.process_index(), jax.process_count())
 
 
 def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) -> dict:

@@ -88,7 +88,8 @@ def compute_loss(graphdef, config, params, batch, key):
     valid = jnp.arange(seq)[None, :] < lengths[:, None]
     if segment_ids is None:
         segment_ids = valid.astype(jnp.int32)  # 0 marks padding: it attends only to itself
-    else:
+    else:  # packed rows: segment 0 is padding, never masked or scored
+        valid = valid & (segment_ids > 0)
         segment_ids = jnp.where(valid, segment_ids, 0)
 
     if t.objective == "ar":

@@ -22,7 +22,7 @@ config = load_config(sys.argv[1], sys.argv[4:])
 distributed.initialize(config.distributed)
 import jax
 batches, _, _ = loop.build_data(config)
-rows = batches.batch_at(0)["tokens"].tolist()
+rows = next(batches)["tokens"].tolist()
 summary = loop.run(config, sys.argv[2], quiet=True, stop_after=int(sys.argv[3]) or None)
 print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                               "devices": jax.device_count(), "summary": summary, "rows": rows}))

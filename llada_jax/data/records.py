@@ -1,0 +1,145 @@
+"""The on-disk form of a prepared dataset: ArrayRecord shards of token ids plus a JSON manifest.
+
+Layout of a prepared folder:
+    manifest.json              what the folder holds (source, tokenizer identity, counts, shards); written
+                               first with "complete": false, so a folder can never be mistaken for another
+    train-00000.array_record   one record per document: little-endian int32 token ids (no EOS; the pipeline
+                               adds it). SFT records are [prompt_length, prompt ids..., response ids...].
+    train-00000.json           the shard's own counts; its presence marks the shard finished (re-runs skip it)
+    eval-00000.array_record    held-out documents, same format
+
+Everything that reads a folder goes through `open_split`, which checks the manifest is complete, the tokenizer
+matches, and every shard has the size and record count the manifest promises (a truncated copy fails here,
+with the shard's name, instead of deep inside a worker).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from llada_jax.config import ConfigError
+
+FORMAT = "llada_jax.prepared/v1"
+MANIFEST = "manifest.json"
+SPLITS = ("train", "eval")
+WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for the global shuffle
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.array_record"
+
+
+def stats_path(folder: str, split: str, index: int) -> str:
+    return os.path.join(folder, f"{split}-{index:05d}.json")
+
+
+def encode_record(ids, prompt_length: int | None = None) -> bytes:
+    arr = np.asarray(ids, dtype="<i4")
+    if prompt_length is not None:
+        arr = np.concatenate([np.asarray([prompt_length], "<i4"), arr])
+    return arr.tobytes()
+
+
+def decode_record(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<i4").astype(np.int32)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: str) -> dict | None:
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not valid JSON; delete the folder and run `llada-jax prepare` again") from None
+    if manifest.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a llada_jax prepared dataset (format {manifest.get('format')!r}); "
+                          "prepare it with `llada-jax prepare`")
+    return manifest
+
+
+def write_shard(folder: str, split: str, index: int, records: list[bytes], stats: dict) -> dict:
+    """Writes one shard under a temporary name, then renames it and its stats file into place."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    name = shard_name(split, index)
+    final = os.path.join(folder, name)
+    tmp = f"{final}.tmp-{os.getpid()}"
+    writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    for r in records:
+        writer.write(r)
+    writer.close()
+    os.replace(tmp, final)
+    stats = dict(stats, file=name, bytes=os.path.getsize(final), documents=len(records))
+    write_json_atomic(stats_path(folder, split, index), stats)
+    return stats
+
+
+def finished_shard(folder: str, split: str, index: int) -> dict | None:
+    """The stats of a shard an earlier run completed, or None (then it is (re)written)."""
+    path = stats_path(folder, split, index)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        stats = json.load(f)
+    shard = os.path.join(folder, stats["file"])
+    if not os.path.isfile(shard) or os.path.getsize(shard) != stats["bytes"]:
+        return None
+    return stats
+
+
+def check_tokenizer(manifest: dict, vocab, folder: str) -> None:
+    """A dataset is only read with the vocabulary that wrote it."""
+    theirs = manifest["identity"]["tokenizer"]
+    ours = vocab.identity
+    keys = ("name", "sha256", "mask_id", "eos_id", "pad_id")
+    if any(theirs.get(k) != ours.get(k) for k in keys):
+        diff = ", ".join(f"{k} {theirs.get(k)!r} vs {ours.get(k)!r}" for k in keys if theirs.get(k) != ours.get(k))
+        raise ConfigError(f"{folder} was tokenized with a different tokenizer than data.tokenizer ({diff}); "
+                          "prepare it again with the config's tokenizer or point data.tokenizer at the one it used")
+
+
+def open_split(folder: str, split: str, vocab=None):
+    """(manifest, ArrayRecordDataSource or None when the split is empty, split summary), all checked."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ConfigError(f"{folder} has no {MANIFEST}; prepare it with `llada-jax prepare --output={folder} ...`")
+    if not manifest.get("complete"):
+        raise ConfigError(f"{folder} is only partly prepared; run the same `llada-jax prepare` command again to finish it")
+    if vocab is not None:
+        check_tokenizer(manifest, vocab, folder)
+    info = manifest["splits"][split]
+    paths = []
+    for shard in info["shards"]:
+        path = os.path.join(folder, shard["file"])
+        if not os.path.isfile(path):
+            raise ConfigError(f"shard {path} is missing; copy the whole folder or prepare it again")
+        size = os.path.getsize(path)
+        if size != shard["bytes"]:
+            raise ConfigError(f"shard {path} has {size} bytes but the manifest says {shard['bytes']}: it is truncated "
+                              "or changed; copy it again or prepare the folder again")
+        paths.append(path)
+    if not paths:
+        return manifest, None, info
+    import grain
+
+    try:
+        source = grain.sources.ArrayRecordDataSource(paths)
+        n = len(source)
+    except Exception as e:
+        raise ConfigError(f"cannot read the shards of {folder} ({str(e).splitlines()[0][:200]}); they are corrupt: "
+                          "prepare the folder again") from None
+    if n != info["documents"]:
+        raise ConfigError(f"the shards of {folder}/{split} hold {n} records but the manifest says {info['documents']}; "
+                          "prepare the folder again")
+    return manifest, source, info
