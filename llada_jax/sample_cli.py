@@ -1,4 +1,8 @@
-"""Generate text with the reverse process: `llada-jax sample --checkpoint=DIR --prompt="..."`."""
+"""Generate text with the reverse process: `llada-jax sample --checkpoint=DIR --prompt="..."`.
+
+Params are sharded over the checkpoint's mesh (override with --config.mesh.fsdp=4 --config.mesh.tensor=2 etc.)
+and the decoder runs under that mesh, so the model's sharding hints apply as in training.
+"""
 from __future__ import annotations
 
 import argparse
@@ -18,11 +22,30 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="reveal every token above this confidence (at least one per step)")
     parser.add_argument("--kv-cache", action="store_true",
                         help="reuse keys/values of the prompt and finished blocks within a block (approximate, faster)")
+    parser.add_argument("--no-early-stop", action="store_true",
+                        help="decode every block even after each answer holds an EOS (the cropped text is the same)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", default=None, metavar="PNG", help="write which position was revealed at which step")
 
 
+def read_prompts(args) -> list[str]:
+    from llada_jax.config import ConfigError
+
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompts += [line.rstrip("\n") for line in f if line.strip()]
+        except FileNotFoundError:
+            raise ConfigError(f"--prompt-file={args.prompt_file} does not exist; "
+                              "pass a text file with one prompt per line") from None
+    if not prompts:
+        raise ConfigError("no prompt given; pass --prompt=TEXT (repeatable) or --prompt-file=FILE")
+    return prompts
+
+
 def check_args(args, max_seq_len: int, longest_prompt: int) -> None:
+    """Flag-level mistakes, each as one sentence naming the flag (before anything is loaded or compiled)."""
     from llada_jax.config import ConfigError
 
     if args.gen_length <= 0 or args.block_length <= 0 or args.steps <= 0:
@@ -32,34 +55,48 @@ def check_args(args, max_seq_len: int, longest_prompt: int) -> None:
     blocks = args.gen_length // args.block_length
     if args.steps % blocks:
         raise ConfigError(f"--steps={args.steps} does not split over {blocks} blocks; use a multiple of {blocks}")
+    if args.temperature < 0 or args.cfg_scale < 0:
+        raise ConfigError("--temperature and --cfg-scale must be >= 0")
     if longest_prompt + args.gen_length > max_seq_len:
         raise ConfigError(
             f"prompt ({longest_prompt} tokens) + --gen-length={args.gen_length} exceeds the model's "
             f"max_seq_len={max_seq_len}; shorten one of them")
 
 
+def inference_mesh(directory, overrides):
+    """The mesh of the checkpoint's config with --config.mesh.* overrides (the only overrides that apply)."""
+    from llada_jax import checkpoint, sharding
+    from llada_jax.config import ConfigError, apply_override
+
+    config = checkpoint.read_config(checkpoint.resolve(directory))
+    for item in overrides:
+        if not item.startswith("--config.mesh."):
+            raise ConfigError(f"{item.split('=')[0]} does not apply here; the model comes from the checkpoint "
+                              "and only --config.mesh.* overrides are accepted")
+        apply_override(config, item)
+    return sharding.make_mesh(config.mesh)
+
+
 def run(args, overrides) -> int:
     import jax
 
     from llada_jax import checkpoint, sampling
-    from llada_jax.config import ConfigError
     from llada_jax.data.vocab import get_vocabulary
 
-    prompts = list(args.prompt)
-    if args.prompt_file:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompts += [line.rstrip("\n") for line in f if line.strip()]
-    if not prompts:
-        raise ConfigError("no prompt given; pass --prompt=TEXT (repeatable) or --prompt-file=FILE")
-    graphdef, params, config = checkpoint.load_model(args.checkpoint)
+    prompts = read_prompts(args)
+    mesh = inference_mesh(args.checkpoint, overrides)
+    config = checkpoint.read_config(checkpoint.resolve(args.checkpoint))
     vocab = get_vocabulary(config)
     encoded = [vocab.encode(p) for p in prompts]
     check_args(args, config.model.max_seq_len, max(len(e) for e in encoded))
+    graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
     ids, valid = sampling.left_pad(encoded, vocab.pad_id)
-    out, trace, passes = sampling.generate(
-        graphdef, params, ids, valid, jax.random.key(args.seed), gen_length=args.gen_length, steps=args.steps,
-        block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
-        remasking=args.remasking, mask_id=config.model.mask_token_id, threshold=args.threshold, kv_cache=args.kv_cache)
+    with jax.set_mesh(mesh):
+        out, trace, passes = sampling.generate(
+            graphdef, params, ids, valid, jax.random.key(args.seed), gen_length=args.gen_length, steps=args.steps,
+            block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
+            remasking=args.remasking, mask_id=config.model.mask_token_id, threshold=args.threshold,
+            kv_cache=args.kv_cache, eos_id=None if args.no_early_stop else vocab.eos_id)
     for prompt, row in zip(prompts, jax.device_get(out)):
         text = vocab.decode(sampling.crop_at_eos(row[ids.shape[1]:], vocab.eos_id))
         print(f"=== {prompt}\n{text}")

@@ -10,13 +10,20 @@ and reveals the top-k.
 Numerics: the official code draws the Gumbel noise and the softmax in float64. JAX has no float64 on TPU
 and only with jax_enable_x64 elsewhere, so this runs them in float64 when x64 is enabled and in float32
 otherwise, in log space (argmax(logits - T * log(-log u)) == argmax(exp(logits) / (-log u)^T)), which
-cannot overflow. Everything has static shapes: prompts of different lengths are left-padded and the
-padding is a separate attention segment.
+cannot overflow (the logits themselves are the model's float32 output). Everything has static shapes:
+prompts of different lengths are left-padded so they end in the same column; the padding is a separate
+attention segment and positions start at 0 at each prompt's first real token.
 
 One deliberate difference: the mask id is excluded from the predictions (the official code could reveal a
-mask token, which only an untrained model would pick). Option beyond the official sampler: `threshold` reveals every masked token of the current block whose
-confidence exceeds it (at least one per step), finishing a block in as few forward passes as its
-predictions allow.
+mask token, which only an untrained model would pick).
+
+Options beyond the official sampler:
+- `threshold`: reveal every masked token of the current block whose confidence exceeds it (at least one per
+  step), finishing a block in as few forward passes as its predictions allow (`steps` is then unused).
+- `kv_cache`: a block-wise prefix KV cache (see `_generate`); an approximation for this bidirectional model.
+- `eos_id`: stop after the first block at which every row holds an EOS. Exact for the text up to the first
+  EOS: finished blocks are never changed by later ones, so skipping them only saves forward passes.
+- the returned trace (the step at which each position was revealed) for `--trace`.
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ def transfer_schedule(mask_counts: jax.Array, steps: int) -> jax.Array:
 
 
 def _float():
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    """float64 when x64 is enabled (CPU/GPU with jax_enable_x64), float32 otherwise (TPU has no float64)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def sample_tokens(logits, key, temperature: float):
@@ -88,18 +96,54 @@ def top_k_mask(confidence: jax.Array, k: jax.Array) -> jax.Array:
     return ranks < k[:, None]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "gen_length", "steps", "block_length", "temperature",
-                                             "cfg_scale", "remasking", "mask_id", "threshold", "kv_cache"))
+def check_schedule(gen_length: int, steps: int, block_length: int) -> None:
+    """One sentence for a schedule generate.py would reject (blocks must tile the answer, steps the blocks)."""
+    from llada_jax.config import ConfigError
+
+    if min(gen_length, steps, block_length) <= 0:
+        raise ConfigError(f"gen_length={gen_length}, steps={steps} and block_length={block_length} must be positive")
+    if gen_length % block_length:
+        raise ConfigError(f"gen_length={gen_length} is not a multiple of block_length={block_length}; "
+                          "choose a block length that divides it")
+    blocks = gen_length // block_length
+    if steps % blocks:
+        raise ConfigError(f"steps={steps} does not split over {blocks} blocks; use a multiple of {blocks}")
+
+
 def generate(graphdef, params, prompt, prompt_valid, key, *, gen_length: int, steps: int, block_length: int,
              temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
-             mask_id: int = 126336, threshold: float | None = None, kv_cache: bool = False):
+             mask_id: int = 126336, threshold: float | None = None, kv_cache: bool = False,
+             eos_id: int | None = None):
     """prompt [B, P] (left-padded; `prompt_valid` marks real tokens) -> (tokens [B, P + G], reveal step [B, P + G]
     (-1 where nothing was revealed), forward passes used).
 
+    Checks the schedule and options in Python (one-sentence ConfigError), then runs the jitted decoder.
+    """
+    from llada_jax.config import ConfigError
+
+    check_schedule(gen_length, steps, block_length)
+    if remasking not in ("low_confidence", "random"):
+        raise ConfigError(f"remasking={remasking!r} is unknown; use 'low_confidence' or 'random'")
+    if temperature < 0 or cfg_scale < 0:
+        raise ConfigError(f"temperature={temperature} and cfg_scale={cfg_scale} must be >= 0")
+    return _generate(graphdef, params, prompt, prompt_valid, key, gen_length=gen_length, steps=steps,
+                     block_length=block_length, temperature=float(temperature), cfg_scale=float(cfg_scale),
+                     remasking=remasking, mask_id=int(mask_id),
+                     threshold=None if threshold is None else float(threshold), kv_cache=bool(kv_cache),
+                     eos_id=None if eos_id is None else int(eos_id))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "gen_length", "steps", "block_length", "temperature",
+                                             "cfg_scale", "remasking", "mask_id", "threshold", "kv_cache", "eos_id"))
+def _generate(graphdef, params, prompt, prompt_valid, key, *, gen_length, steps, block_length, temperature,
+              cfg_scale, remasking, mask_id, threshold, kv_cache, eos_id):
+    """The whole reverse process in one jit (lax loops, static shapes); see `generate`.
+
     `kv_cache`: each block's first step is a full forward that also caches the keys/values of the prompt and
-    the finished blocks; the block's other steps recompute only the block and what follows it. The cached
-    prefix does not see the tokens revealed later in the block, so this approximates the official sampler
-    (exactly equal when each block takes one step) for fewer FLOPs per step.
+    the finished blocks; the block's other steps recompute only the block and what follows it, attending to
+    the cached prefix. The model is bidirectional, so the true prefix keys/values change whenever a later
+    token is revealed; the cache is refreshed only at block starts, hence it is an approximation of the
+    official sampler (exactly equal when each block takes one step) that saves the prefix's FLOPs per step.
     """
     b, p = prompt.shape
     total = p + gen_length
@@ -107,7 +151,7 @@ def generate(graphdef, params, prompt, prompt_valid, key, *, gen_length: int, st
     steps_per_block = steps // n_blocks
     valid = jnp.concatenate([prompt_valid, jnp.ones((b, gen_length), bool)], axis=1)
     segment_ids = valid.astype(jnp.int32)
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
     prompt_mask = jnp.concatenate([prompt_valid, jnp.zeros((b, gen_length), bool)], axis=1)
     x = jnp.concatenate([prompt, jnp.full((b, gen_length), mask_id, prompt.dtype)], axis=1)
     trace = jnp.full((b, total), -1, jnp.int32)
@@ -134,7 +178,7 @@ def generate(graphdef, params, prompt, prompt_valid, key, *, gen_length: int, st
             best = top_k_mask(conf, jnp.ones((b,), jnp.int32)) & jnp.isfinite(conf)
             reveal = ((conf > threshold) | best) & masked & in_block
         x = jnp.where(reveal, x0.astype(x.dtype), x)
-        trace = jnp.where(reveal, step_index, trace)
+        trace = jnp.where(reveal, jnp.asarray(step_index, trace.dtype), trace)
         return (x, trace, key), cache
 
     def block_masks(x, block):
@@ -157,7 +201,7 @@ def generate(graphdef, params, prompt, prompt_valid, key, *, gen_length: int, st
                 return step(state, block, schedule[:, i], block * steps_per_block + i, prefix_len, cache)[0]
 
             state = jax.lax.fori_loop(first, steps_per_block, body, state)
-            return (*state, passes + steps_per_block)
+            return (*state, passes + jnp.int32(steps_per_block))
 
         if kv_cache:
             state, cache = step(state, block, None, passes, prefix_len, None, True)
@@ -173,12 +217,31 @@ def generate(graphdef, params, prompt, prompt_valid, key, *, gen_length: int, st
 
         return jax.lax.while_loop(cond, body, (*state, passes))
 
+    def finished(x, block):
+        """True when every row holds an EOS among the generated positions of blocks 0..block (all revealed)."""
+        if eos_id is None:
+            return jnp.zeros((), bool)
+        region = (columns >= p) & (columns < p + (block + 1) * block_length)
+        return jnp.all(jnp.any((x == eos_id) & region, axis=1))
+
     carry = (x, trace, key, jnp.zeros((), jnp.int32))
     if kv_cache:
+        done = jnp.zeros((), bool)
         for block in range(n_blocks):  # unrolled: the cached prefix grows by one block each time
-            carry = run_block(block, carry, prefix_len=p + block * block_length)
+            carry = jax.lax.cond(done, lambda c: c,
+                                 functools.partial(run_block, block, prefix_len=p + block * block_length), carry)
+            done = finished(carry[0], block)
     else:
-        carry = jax.lax.fori_loop(0, n_blocks, run_block, carry)
+        def blocks_cond(c):
+            block, carry, done = c
+            return (block < n_blocks) & ~done
+
+        def blocks_body(c):
+            block, carry, _ = c
+            carry = run_block(block, carry)
+            return block + 1, carry, finished(carry[0], block)
+
+        _, carry, _ = jax.lax.while_loop(blocks_cond, blocks_body, (jnp.int32(0), carry, jnp.zeros((), bool)))
     x, trace, _, passes = carry
     return x, trace, passes
 

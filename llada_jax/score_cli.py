@@ -2,6 +2,7 @@
 
 Each JSONL line is {"prompt": ..., "answer": ...} (prints log p(answer | prompt)) or {"prompt": ...,
 "choices": [...], "label": i} (picks the choice with the highest estimate; accuracy when labels are given).
+Output: one JSON object per input line, then {"accuracy": ...} when any line had a label.
 """
 from __future__ import annotations
 
@@ -10,32 +11,50 @@ import json
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="params export, run workdir or checkpoint step")
     parser.add_argument("--input", required=True, help="JSONL with prompt and answer, or prompt and choices")
-    parser.add_argument("--mc-num", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--mc-num", type=int, default=128, help="Monte Carlo samples per answer")
+    parser.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (mini-batch)")
     parser.add_argument("--cfg-scale", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
 
 
-def read_items(path: str) -> list[dict]:
+def _check_item(item, where: str) -> None:
     from llada_jax.config import ConfigError
 
-    items = []
+    if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+        raise ConfigError(f"{where} needs a \"prompt\" string; write {{\"prompt\": ..., \"answer\": ...}}")
+    if "choices" in item:
+        choices = item["choices"]
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c for c in choices):
+            raise ConfigError(f"{where} has \"choices\" that is not a non-empty list of non-empty strings")
+        label = item.get("label")
+        if label is not None and (not isinstance(label, int) or isinstance(label, bool)
+                                  or not 0 <= label < len(choices)):
+            raise ConfigError(f"{where} has \"label\": {label!r}; "
+                              f"give an index into \"choices\" (0..{len(choices) - 1})")
+    elif not isinstance(item.get("answer"), str) or not item["answer"]:
+        raise ConfigError(f"{where} needs \"prompt\" and either a non-empty \"answer\" string or a \"choices\" list")
+
+
+def read_items(path: str) -> list[dict]:
+    """The JSONL items, each checked; any problem is one sentence naming the line."""
+    from llada_jax.config import ConfigError
+
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
     except FileNotFoundError:
-        raise ConfigError(f"--input={path} does not exist") from None
+        raise ConfigError(f"--input={path} does not exist; pass a JSONL file with one item per line") from None
+    items = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError:
-            raise ConfigError(f"{path} line {n} is not valid JSON") from None
-        if "prompt" not in item or not ("answer" in item or item.get("choices")):
-            raise ConfigError(f"{path} line {n} needs \"prompt\" and either \"answer\" or a non-empty \"choices\" list")
+            raise ConfigError(f"{path} line {n} is not valid JSON; write one JSON object per line") from None
+        _check_item(item, f"{path} line {n}")
         items.append(item)
     if not items:
         raise ConfigError(f"{path} holds no items; write one JSON object per line")
@@ -46,27 +65,44 @@ def run(args, overrides) -> int:
     import jax
 
     from llada_jax import checkpoint, likelihood
+    from llada_jax.config import ConfigError
     from llada_jax.data.vocab import get_vocabulary
+    from llada_jax.sample_cli import inference_mesh
 
+    if args.mc_num <= 0 or args.batch_size <= 0 or args.cfg_scale < 0:
+        raise ConfigError("--mc-num and --batch-size must be positive and --cfg-scale >= 0")
     items = read_items(args.input)
-    graphdef, params, config = checkpoint.load_model(args.checkpoint)
+    mesh = inference_mesh(args.checkpoint, overrides)
+    config = checkpoint.read_config(checkpoint.resolve(args.checkpoint))
     vocab = get_vocabulary(config)
+    encoded = []
+    for n, item in enumerate(items, 1):
+        prompt = vocab.encode(item["prompt"])
+        answers = [vocab.encode(a) for a in item.get("choices", [item.get("answer")])]
+        longest = len(prompt) + max(len(a) for a in answers)
+        if longest > config.model.max_seq_len:
+            raise ConfigError(f"item {n} has {longest} prompt + answer tokens, more than the model's "
+                              f"max_seq_len={config.model.max_seq_len}; shorten it")
+        encoded.append((prompt, answers))
+    graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
     key = jax.random.key(args.seed)
     correct = labelled = 0
-    for n, item in enumerate(items):
-        prompt = vocab.encode(item["prompt"])
-        answers = item["choices"] if "choices" in item else [item["answer"]]
-        scores = [likelihood.log_likelihood(graphdef, params, prompt, vocab.encode(a), jax.random.fold_in(key, n),
-                                            mask_id=config.model.mask_token_id, mc_num=args.mc_num,
-                                            batch_size=args.batch_size, cfg_scale=args.cfg_scale)
-                  for a in answers]
-        record = {"line": n + 1, "log_likelihood": [s for s, _ in scores], "stderr": [e for _, e in scores]}
-        if "choices" in item:
-            record["pick"] = max(range(len(scores)), key=lambda i: scores[i][0])
-            if "label" in item:
-                labelled += 1
-                correct += int(record["pick"] == int(item["label"]))
-        print(json.dumps(record))
+    with jax.set_mesh(mesh):
+        for n, (item, (prompt, answers)) in enumerate(zip(items, encoded)):
+            # one key per item: the choices share their random numbers, so their comparison is less noisy
+            scores = [likelihood.log_likelihood(graphdef, params, prompt, a, jax.random.fold_in(key, n),
+                                                mask_id=config.model.mask_token_id, mc_num=args.mc_num,
+                                                batch_size=args.batch_size, cfg_scale=args.cfg_scale)
+                      for a in answers]
+            record = {"item": n + 1, "log_likelihood": [round(s, 4) for s, _ in scores],
+                      "stderr": [round(e, 4) for _, e in scores]}
+            if "choices" in item:
+                record["pick"] = max(range(len(scores)), key=lambda i: scores[i][0])
+                if item.get("label") is not None:
+                    labelled += 1
+                    record["correct"] = record["pick"] == item["label"]
+                    correct += int(record["correct"])
+            print(json.dumps(record), flush=True)
     if labelled:
         print(json.dumps({"accuracy": correct / labelled, "labelled": labelled}))
     return 0
