@@ -16,3 +16,14 @@ SMALL_MODEL = [
 def small_config(*overrides: str):
     """configs/tiny.py shrunk to a model that compiles and steps in about a second."""
     return load_config(TINY, SMALL_MODEL + list(overrides))
+
+
+def params_export(directory):
+    """small_config() with random params, written as a params export; returns its path as a string."""
+    from llada_jax import checkpoint
+    from llada_jax import model as M
+    from llada_jax.config import ModelConfig
+
+    config = small_config()
+    params = M.init_params(ModelConfig.from_config(config.model), 0)
+    return str(checkpoint.save_params(directory / "params", params, config))

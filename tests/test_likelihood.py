@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint, likelihood
+from llada_jax import likelihood
 from llada_jax import model as M
 from llada_jax.cli import main
 from llada_jax.config import ConfigError, ModelConfig
 
-from helpers import small_config
+from helpers import params_export
 
 CFG = ModelConfig(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, mlp_hidden=48,
                   dtype="float32", init_std=0.3)
@@ -116,9 +116,7 @@ def test_log_likelihood_rejects_an_empty_answer():
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    config = small_config()
-    params = M.init_params(ModelConfig.from_config(config.model), 0)
-    return str(checkpoint.save_params(tmp_path_factory.mktemp("export") / "params", params, config))
+    return params_export(tmp_path_factory.mktemp("export"))
 
 
 def test_score_cli_answers_and_multiple_choice(export, tmp_path, capsys):

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint, sampling, sharding, trace_plot
+from llada_jax import sampling, sharding, trace_plot
 from llada_jax import model as M
 from llada_jax.cli import main
 from llada_jax.config import ConfigError, ModelConfig
 
-from helpers import small_config
+from helpers import params_export
 
 CFG = ModelConfig(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, mlp_hidden=48,
                   dtype="float32", init_std=0.3)
@@ -257,10 +257,7 @@ def test_trace_png_without_matplotlib(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    """configs/tiny.py shrunk, random params, written as a params export."""
-    config = small_config()
-    params = M.init_params(ModelConfig.from_config(config.model), 0)
-    return str(checkpoint.save_params(tmp_path_factory.mktemp("export") / "params", params, config))
+    return params_export(tmp_path_factory.mktemp("export"))
 
 
 def test_sample_cli(export, tmp_path, capsys):
