@@ -67,7 +67,7 @@ def run(args, overrides) -> int:
     from llada_jax import checkpoint, likelihood
     from llada_jax.config import ConfigError
     from llada_jax.data.vocab import get_vocabulary
-    from llada_jax.sample_cli import inference_mesh
+    from llada_jax.cli.sample import inference_mesh
 
     if args.mc_num <= 0 or args.batch_size <= 0 or args.cfg_scale < 0:
         raise ConfigError("--mc-num and --batch-size must be positive and --cfg-scale >= 0")

@@ -10,13 +10,13 @@ from llada_jax.config import ConfigError
 
 # command -> module with `register(subparser)` and `run(args, config_overrides) -> int`.
 COMMANDS = {
-    "train": "llada_jax.train_cli",
-    "preflight": "llada_jax.preflight_cli",
-    "sweep": "llada_jax.sweep_cli",
-    "sample": "llada_jax.sample_cli",
-    "score": "llada_jax.score_cli",
-    "convert": "llada_jax.convert_cli",
-    "prepare": "llada_jax.prepare_cli",
+    "train": "llada_jax.cli.train",
+    "preflight": "llada_jax.cli.preflight",
+    "sweep": "llada_jax.cli.sweep",
+    "sample": "llada_jax.cli.sample",
+    "score": "llada_jax.cli.score",
+    "convert": "llada_jax.cli.convert",
+    "prepare": "llada_jax.cli.prepare",
 }
 
 
@@ -42,6 +42,3 @@ def main(argv=None) -> int:
         print(f"llada-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())
