@@ -2,7 +2,7 @@
 
 Everything with side effects (reading the corpus, checkpoints, signals, printing) is here; the math it
 drives is in train.py / diffusion.py / model.py. A run in a workdir that already has checkpoints continues
-from the latest; SIGTERM/SIGINT save at the next step boundary and return cleanly.
+from the newest one that restores cleanly; SIGTERM/SIGINT save at the next step boundary and return cleanly.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from llada_jax.data import pipeline
 from llada_jax.metrics import MetricsWriter
 from llada_jax.preemption import PreemptionWatcher
 from llada_jax.train import Trainer
+from llada_jax.workdir_lock import WorkdirLock, make_workdir
 
 
 def count_params(abstract_params) -> int:
@@ -35,20 +36,36 @@ def build_data(config):
     return pipeline.build(config, jax.process_index(), jax.process_count())
 
 
-def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) -> dict:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a summary.
+def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None, watcher=None) -> dict:
+    """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns a summary.
 
     `stop_after` ends this invocation (with a checkpoint) after that many steps, for job-time limits: run
-    the same command again to continue.
+    the same command again to continue. SIGTERM/SIGINT are caught from the first line (pass the `watcher`
+    the CLI installed even earlier) to the last: before the first step the run ends cleanly with nothing to
+    save, in the loop it saves at the next step, during the final eval/export it finishes them.
     """
-    validate(config, jax.device_count())
-    workdir = checkpoint.as_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    t_cfg = config.train
+    watcher = watcher or PreemptionWatcher()
+    try:
+        validate(config, jax.device_count())
+        workdir = make_workdir(workdir)
+        with WorkdirLock(workdir, active=jax.process_index() == 0, log=print):
+            return _run(config, workdir, quiet, stop_after, watcher)
+    finally:
+        watcher.restore()
 
+
+def _run(config, workdir, quiet, stop_after, watcher) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     trainer = Trainer(config, mesh)
     ckpt = checkpoint.RunCheckpointer(workdir, config, mesh=mesh)
+    try:
+        return _train(config, workdir, quiet, stop_after, watcher, mesh, trainer, ckpt)
+    finally:
+        ckpt.close()  # also on errors: no Orbax shutdown tracebacks after the one-sentence message
+
+
+def _train(config, workdir, quiet, stop_after, watcher, mesh, trainer, ckpt) -> dict:
+    t_cfg = config.train
     log = MetricsWriter(workdir, tensorboard=config.checkpoint.tensorboard, quiet=quiet)
     batches, eval_sets, info = build_data(config)
     n_params = count_params(trainer.abstract_state.params)
@@ -58,8 +75,9 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
         f"eval tokens | unigram entropy {info['unigram_entropy']:.3f} nats/token"
     )
 
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(trainer.sharded_abstract_state())
+    restored = ckpt.restore_newest_good(trainer.sharded_abstract_state(), log.print)
+    if restored is not None:
+        state, meta = restored
         batches.set_state(meta["data"])
         log.print(f"resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}")
     elif t_cfg.init_from:
@@ -69,62 +87,70 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
     else:
         state = trainer.init_state()
     start_step = int(state.step)
+    record: dict = log.resume_at(start_step)  # records past the restored step are dropped, logged again below
+    if watcher.requested:
+        log.print(f"received {watcher.signal_name} during start-up; stopped before step {start_step + 1} with "
+                  "nothing new to save; run the same command to start")
+        return {"step": start_step, "stopped_early": f"received {watcher.signal_name} during start-up"}
 
-    watcher = PreemptionWatcher()
     tokens_per_step = t_cfg.global_batch_size * t_cfg.seq_len
     start = last_time = time.perf_counter()
     last_step, skipped_in_a_row, skipped_total, ckpt_block_s = start_step, 0, 0, 0.0
     previous_skipped = None  # read one step late so the host never waits for the step it just queued
-    record: dict = {}
     stopped_early = ""
-    try:
-        for step in range(start_step, t_cfg.steps):
-            batch = sharding.global_batch(next(batches), mesh)
-            state, metrics = trainer.step(state, batch)
-            done = step + 1
-            is_last = done == t_cfg.steps
+    for step in range(start_step, t_cfg.steps):
+        ckpt.check_saved()  # a failed background save stops the run here, one step later, in one sentence
+        batch = sharding.global_batch(next(batches), mesh)
+        state, metrics = trainer.step(state, batch)
+        done = step + 1
+        is_last = done == t_cfg.steps
 
-            for flag in ([previous_skipped] if previous_skipped is not None else []) + ([metrics["skipped"]] if is_last else []):
-                skipped_total += int(flag)
-                skipped_in_a_row = skipped_in_a_row + 1 if int(flag) else 0
-                if skipped_in_a_row > t_cfg.max_nonfinite_in_a_row:
-                    raise FloatingPointError(
-                        f"{skipped_in_a_row} steps in a row had a non-finite loss or gradient (up to step {done}); "
-                        "lower optimizer.lr, check the data, or resume from an earlier checkpoint"
-                    )
-            previous_skipped = metrics["skipped"]
-
-            if done % t_cfg.log_every == 0 or is_last:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                now = time.perf_counter()
-                tok_s = (done - last_step) * tokens_per_step / (now - last_time)
-                last_time, last_step = now, done
-                eta = (t_cfg.steps - done) * tokens_per_step / max(tok_s, 1e-9)
-                record = {"step": done, **metrics, "lr": float(trainer.schedule(done - 1)), "tokens_per_s": tok_s,
-                          "skipped_total": skipped_total, "checkpoint_block_s": ckpt_block_s}
-                if t_cfg.eval_every and done % t_cfg.eval_every == 0 and not is_last:
-                    record["eval_loss"] = trainer.evaluate(state.params, eval_sets)
-                log.write(record)
-                log.print(
-                    f"step {done}/{t_cfg.steps} | loss {metrics['loss']:.4f} | masked acc {metrics['masked_accuracy']:.3f}"
-                    f" | grad norm {metrics['grad_norm']:.3f} | lr {record['lr']:.2e} | {tok_s:,.0f} tok/s"
-                    f" | ETA {_fmt_time(eta)}" + (f" | eval {record['eval_loss']:.4f}" if "eval_loss" in record else "")
-                    + (f" | skipped {skipped_total}" if skipped_total else "")
+        for flag in ([previous_skipped] if previous_skipped is not None else []) + ([metrics["skipped"]] if is_last else []):
+            skipped_total += int(flag)
+            skipped_in_a_row = skipped_in_a_row + 1 if int(flag) else 0
+            if skipped_in_a_row > t_cfg.max_nonfinite_in_a_row:
+                raise FloatingPointError(
+                    f"{skipped_in_a_row} steps in a row had a non-finite loss or gradient (up to step {done}); "
+                    "lower optimizer.lr, check the data, or resume from an earlier checkpoint"
                 )
+        previous_skipped = metrics["skipped"]
 
-            if watcher.should_stop(done):
-                stopped_early = f"received {watcher.signal_name or 'a preemption notice'}"
-            elif stop_after is not None and done - start_step >= stop_after and not is_last:
-                stopped_early = f"stopped after {stop_after} steps as asked"
-            if is_last or stopped_early or ckpt.due(done):
-                ckpt_block_s = ckpt.save(done, state, batches.get_state())
-            if stopped_early:
-                ckpt.wait()
-                log.print(f"{stopped_early}: saved step {done} to {ckpt.directory}; run the same command to resume")
-                return {"step": done, "stopped_early": stopped_early}
-    finally:
-        watcher.restore()
-        ckpt.close()
+        if done % t_cfg.log_every == 0 or is_last:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            tok_s = (done - last_step) * tokens_per_step / (now - last_time)
+            last_time, last_step = now, done
+            eta = (t_cfg.steps - done) * tokens_per_step / max(tok_s, 1e-9)
+            record = {"step": done, **metrics, "lr": float(trainer.schedule(done - 1)), "tokens_per_s": tok_s,
+                      "skipped_total": skipped_total, "checkpoint_block_s": ckpt_block_s}
+            if t_cfg.eval_every and done % t_cfg.eval_every == 0 and not is_last:
+                record["eval_loss"] = trainer.evaluate(state.params, eval_sets)
+            log.write(record)
+            log.print(
+                f"step {done}/{t_cfg.steps} | loss {metrics['loss']:.4f} | masked acc {metrics['masked_accuracy']:.3f}"
+                f" | grad norm {metrics['grad_norm']:.3f} | lr {record['lr']:.2e} | {tok_s:,.0f} tok/s"
+                f" | ETA {_fmt_time(eta)}" + (f" | eval {record['eval_loss']:.4f}" if "eval_loss" in record else "")
+                + (f" | skipped {skipped_total}" if skipped_total else "")
+            )
+
+        if watcher.should_stop(done):
+            stopped_early = f"received {watcher.signal_name or 'a preemption notice'}"
+        elif stop_after is not None and done - start_step >= stop_after and not is_last:
+            stopped_early = f"stopped after {stop_after} steps as asked"
+        if is_last or stopped_early or ckpt.due(done):
+            if skipped_in_a_row or int(metrics["skipped"]):
+                log.print(f"not saving step {done}: it is in a run of non-finite steps (the last checkpoint "
+                          "stays the newest)")
+            elif (blocked := ckpt.save(done, state, batches.get_state())) is None:
+                log.print(f"not saving step {done}: its state holds non-finite values")
+            else:
+                ckpt_block_s = blocked
+        if stopped_early:
+            ckpt.wait()
+            log.print(f"{stopped_early}: saved step {ckpt.latest_step()} to {ckpt.directory}; run the same "
+                      "command to resume")
+            return {"step": done, "stopped_early": stopped_early}
+    ckpt.wait()
 
     losses = trainer.eval_losses(state.params, eval_sets, t_cfg.eval_draws) if eval_sets else [math.nan]
     eval_loss = float(np.mean(losses))
@@ -142,6 +168,8 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
     log.write({"final": True, **summary})
     log.close()
     checkpoint.save_params(workdir / "params", state.params, config, overwrite=True)
+    if watcher.requested:  # a signal during the final eval/export: both were finished first
+        log.print(f"received {watcher.signal_name} during the final evaluation/export; finished them before exiting")
     log.print(
         f"done in {_fmt_time(summary['wall_s'])}: eval loss {eval_loss:.4f} nats/token (ELBO bound) vs. unigram "
         f"entropy {info['unigram_entropy']:.4f}; masked-token accuracy {summary['masked_accuracy']:.3f}; "

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import signal
 
-import jax
-
 
 class PreemptionWatcher:
     def __init__(self):
@@ -28,6 +26,8 @@ class PreemptionWatcher:
 
     def should_stop(self, step: int) -> bool:
         """True on every process at the same step once any process was asked to stop."""
+        import jax  # imported here so the watcher can be installed before jax loads (signals during start-up)
+
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -38,6 +38,7 @@ class PreemptionWatcher:
         return self.requested
 
     def _agreed(self, step: int) -> bool:
+        import jax
         from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(jax.numpy.asarray(int(self.requested)))

@@ -16,12 +16,18 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, overrides) -> int:
-    from llada_jax import distributed, loop
-    from llada_jax.config import load_config
+    from llada_jax.preemption import PreemptionWatcher
 
-    config = load_config(args.config, overrides)
-    distributed.initialize(config.distributed)
-    if args.init_from:
-        config.train.init_from = args.init_from
-    loop.run(config, args.workdir, quiet=args.quiet, stop_after=args.stop_after)
+    watcher = PreemptionWatcher()  # first of all: a signal while jax loads ends the run cleanly, not in a traceback
+    try:
+        from llada_jax import distributed, loop
+        from llada_jax.config import load_config
+
+        config = load_config(args.config, overrides)
+        distributed.initialize(config.distributed)
+        if args.init_from:
+            config.train.init_from = args.init_from
+        loop.run(config, args.workdir, quiet=args.quiet, stop_after=args.stop_after, watcher=watcher)
+    finally:
+        watcher.restore()
     return 0
