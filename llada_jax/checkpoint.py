@@ -71,7 +71,14 @@ def read_config(directory) -> ml_collections.ConfigDict:
     directory = as_path(directory)
     for path in (directory / CONFIG_FILE, directory / "config" / "metadata"):
         if path.exists():
-            return ml_collections.ConfigDict(json.loads(path.read_text()))
+            try:
+                saved = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                raise ConfigError(f"{path} is not valid JSON: the checkpoint is damaged; use another step or "
+                                  "export it again") from None
+            if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+                raise ConfigError(f"{path} holds no model config: the checkpoint is damaged; use another step")
+            return ml_collections.ConfigDict(saved)
     raise ConfigError(f"{directory} has no {CONFIG_FILE}; it is not a llada_jax checkpoint")
 
 
@@ -130,6 +137,7 @@ def load_params(directory, mesh=None, config=None):
 def first_line(error: BaseException, limit: int = 160) -> str:
     """The gist of an exception for a one-sentence message (Orbax/TensorStore errors span many lines)."""
     text = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
+    text = text.split(" [source locations=")[0].split("See full TensorStore details")[0].strip()
     return (text[:limit] + "...") if len(text) > limit else text
 
 
@@ -231,6 +239,7 @@ class RunCheckpointer:
         problems = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                read_config(self.directory / str(step))  # what sampling and conversion read from this step
                 state, meta = self.restore(abstract_state, step)
                 problem = verify_restored(state, meta)
             except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds for damaged files

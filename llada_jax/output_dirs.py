@@ -19,16 +19,21 @@ def _path(path) -> epath.Path:
     return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
+def _named(flag: str, path) -> str:
+    """`--out=DIR` for a command-line flag, `the export folder DIR` for a description."""
+    return f"{flag}={path}" if flag.startswith("--") else f"{flag} {path}"
+
+
 def check_folder(path, *, flag: str, overwrite: bool) -> epath.Path:
     """The folder `path` if a command may write into it; else ConfigError naming the flag and the fix."""
     folder = _path(path)
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{flag}={path} is a file, not a folder; name a new or empty folder instead")
+        raise ConfigError(f"{_named(flag, path)} is a file, not a folder; name a new or empty folder instead")
     if folder.exists() and not overwrite:
         held = sorted(p.name for p in folder.iterdir())
         if held:
             listed = ", ".join(held[:3]) + (" ..." if len(held) > 3 else "")
-            raise ConfigError(f"{flag}={path} is not empty (it holds {listed}); name a new or empty folder, or pass "
+            raise ConfigError(f"{_named(flag, path)} is not empty (it holds {listed}); name a new or empty folder, or pass "
                               "--overwrite to replace only the files llada-jax writes there")
     return folder
 
