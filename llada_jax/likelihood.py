@@ -225,16 +225,18 @@ def _same_width_chunks(groups, size: int):
 def _groups_per_pass(rows_per_pass: int, batch: int, mesh) -> int:
     """Groups per forward pass: about rows_per_pass rows, a multiple of the batch shards and of the processes."""
     groups = max(rows_per_pass // batch, 1)
-    multiple = math.lcm(_batch_shards(mesh), jax.process_count())
+    multiple = batch_multiple(mesh)
     return -(-groups // multiple) * multiple
 
 
-def _batch_shards(mesh) -> int:
+def batch_multiple(mesh) -> int:
+    """What a batch split over the mesh's batch axes and the processes must be a multiple of."""
     if mesh is None:
-        return 1
+        return jax.process_count()
     from llada_jax import sharding
 
-    return mesh.size // sharding.batch_sharding(mesh, 1).shard_shape((mesh.size,))[0]
+    shards = mesh.size // sharding.batch_sharding(mesh, 1).shard_shape((mesh.size,))[0]
+    return math.lcm(shards, jax.process_count())
 
 
 def _score_groups(graphdef, params, requests, key_data, chunk, per_pass, batch, mesh, **options) -> np.ndarray:
