@@ -49,6 +49,23 @@ def register(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=None, help=HELP.get(name))
 
 
+def start_processes(overrides: list[str]) -> list[str]:
+    """Joins a multi-host job (Cloud TPU / SLURM detected, or --config.distributed.* / LLADA_* variables, as
+    `train` does) before any device is touched; returns the other overrides (the mesh ones)."""
+    import ml_collections
+
+    from llada_jax import distributed
+    from llada_jax.config import apply_override
+
+    dist = ml_collections.ConfigDict({"distributed": {"auto": True, "coordinator_address": "", "num_processes": 0,
+                                                      "process_id": -1, "timeout_s": 300}})
+    for item in overrides:
+        if item.startswith("--config.distributed."):
+            apply_override(dist, item)
+    distributed.initialize(dist.distributed)
+    return [item for item in overrides if not item.startswith("--config.distributed.")]
+
+
 def run(args, overrides) -> int:
     import json
     import os
@@ -68,9 +85,11 @@ def run(args, overrides) -> int:
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit={args.limit} must be positive")
     flags = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
+    mesh_overrides = start_processes(overrides)
     merged = runner.evaluate(args.checkpoint, tasks, preset=args.preset, flags=flags, num_fewshot=args.num_fewshot,
                              limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
-                             include_path=args.include_path, mesh_overrides=overrides, log_samples=args.log_samples)
+                             include_path=args.include_path, mesh_overrides=mesh_overrides,
+                             log_samples=args.log_samples)
     if merged is None:  # processes other than 0 report nothing
         return 0
     print(runner.results_table(merged))
