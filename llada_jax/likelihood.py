@@ -13,7 +13,7 @@ are offered (`estimator`):
   j L / B ends in exactly .5, and there l_j is no longer uniform (e.g. L=3, B=2 gives l_1 in {2, 1, 1}), so
   its expectation is off by a few hundredths to tenths of a nat on short answers. Use it to reproduce the
   official table. (torch computes k + j L / B in float32 via linspace; exact arithmetic is used here.)
-`estimator_expectation`-style enumeration in the tests checks both.
+The tests enumerate both expectations exactly on a tiny model.
 
 Many requests are scored together by `batched_log_likelihoods`: the unit of work is one mini-batch of one
 request, and forward passes hold many such groups (rows sorted by padded length), sharded over the mesh.

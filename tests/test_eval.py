@@ -83,16 +83,19 @@ def offline_env(tmp_path_factory):
     patch.undo()
 
 
+def eval_argv(export, tasks, output, task_names="local_mc,local_gen,local_roll"):
+    return ["eval", f"--checkpoint={export}", f"--tasks={task_names}", f"--include-path={tasks}",
+            f"--mc-num={MC_NUM}", f"--mc-batch-size={MC_BATCH}", "--rows-per-pass=16", "--gen-batch-size=8",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in GEN.items()], f"--output={output}", "--log-samples"]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, offline_env):
     """One `llada-jax eval` run of the three local tasks; returns (export, tasks dir, results JSON)."""
     root = tmp_path_factory.mktemp("eval")
     export, tasks = params_export(root), write_tasks(root / "tasks")
     output = root / "results.json"
-    argv = ["eval", f"--checkpoint={export}", "--tasks=local_mc,local_gen,local_roll", f"--include-path={tasks}",
-            f"--mc-num={MC_NUM}", f"--mc-batch-size={MC_BATCH}", "--rows-per-pass=16", "--gen-batch-size=8",
-            *[f"--{k.replace('_', '-')}={v}" for k, v in GEN.items()], f"--output={output}", "--log-samples"]
-    assert main(argv) == 0
+    assert main(eval_argv(export, tasks, output)) == 0
     return export, tasks, json.loads(output.read_text())
 
 
@@ -203,6 +206,51 @@ def test_official_estimator_expectation_differs_from_the_exact_bound():
     assert abs(expectation["official"] - exact) > 1e-3
 
 
+MULTIHOST_DRIVER = """
+import sys
+from llada_jax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_processes_on_loopback_equal_the_one_process_run(run, tmp_path):
+    """Two JAX processes with 4 CPU devices each (one 8-device mesh, as the one-process run has): each feeds
+    its share of every pass, only process 0 writes, and the numbers are those of the one-process run."""
+    import os
+    import subprocess
+    import sys
+
+    from test_multiprocess import free_port
+
+    export, tasks, single = run
+    driver, output = tmp_path / "driver.py", tmp_path / "two.json"
+    driver.write_text(MULTIHOST_DRIVER)
+    port, procs = free_port(), []
+    for pid in range(2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+                   PYTHONPATH=ROOT)
+        argv = eval_argv(export, tasks, output, "local_mc,local_gen") + [
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={pid}"]
+        procs.append(subprocess.Popen([sys.executable, str(driver), *argv], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert "results written" in outs[0][0] and "results written" not in outs[1][0]  # process 0 reports
+    double = json.loads(output.read_text())
+    def flat(results):
+        by_doc = mc_log_likelihoods(results)
+        return [value for doc in sorted(by_doc) for value in by_doc[doc]]
+
+    def texts(results):
+        return {s["doc_id"]: s["resps"] for s in results["samples"]["local_gen"]}
+
+    assert flat(double) == pytest.approx(flat(single), abs=1e-4)
+    assert texts(double) == texts(single)
+    for task in ("local_mc", "local_gen"):
+        assert double["results"][task] == single["results"][task]
+
+
 # --- pieces ----------------------------------------------------------------------------------------------------
 
 class ToyVocab:
@@ -283,3 +331,34 @@ def test_eval_cli_bad_input_is_one_line(run, capsys, extra, fragment):
 def test_eval_cli_rejects_a_missing_include_path(tmp_path, capsys):
     assert main(["eval", f"--checkpoint={tmp_path}", "--tasks=x", f"--include-path={tmp_path / 'no'}"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def greedy_reference(graphdef, params, prompt, length, mask_id):
+    """The official suffix_greedy_prediction in NumPy: reveal the most confident masked token, one per pass
+    (the mask id itself excluded, as the sampler does)."""
+    from llada_jax import model as M
+
+    apply = jax.jit(lambda x: M.apply(graphdef, params, x))
+    seq = np.array(prompt + [mask_id] * length)
+    for _ in range(length):
+        logits = np.asarray(apply(jax.numpy.asarray(seq[None])), np.float64)[0]
+        logits[:, mask_id] = -np.inf
+        masked = np.flatnonzero(seq == mask_id)
+        probs = np.exp(logits[masked] - logits[masked].max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        best = int(probs.max(-1).argmax())
+        seq[masked[best]] = probs[best].argmax()
+    return [int(t) for t in seq[len(prompt):]]
+
+
+def test_greedy_check_matches_the_official_procedure(run):
+    from llada_jax.eval.harness_model import LladaJaxLM
+
+    export, _, _ = run
+    lm = LladaJaxLM(export, check_greedy="true", mc_num="4", mc_batch_size="4", gen_batch_size="8")
+    graphdef, params, _ = checkpoint.load_model(export)
+    prompts = [[40, 41, 42], [50, 51, 52], [60, 61, 62]]  # one shape: one compilation on each side
+    decoded = [greedy_reference(graphdef, params, p, 3, 259) for p in prompts]
+    altered = [d[:-1] + [(d[-1] + 1) % 250 + 3] for d in decoded]
+    pairs = [(p, d) for p, d in zip(prompts, decoded)] + [(p, a) for p, a in zip(prompts, altered)]
+    assert lm.greedy_matches(pairs) == [True] * 3 + [False] * 3
