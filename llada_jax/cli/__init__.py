@@ -17,6 +17,7 @@ COMMANDS = {
     "score": "llada_jax.cli.score",
     "convert": "llada_jax.cli.convert",
     "prepare": "llada_jax.cli.prepare",
+    "eval": "llada_jax.cli.eval",
 }
 
 
