@@ -126,3 +126,32 @@ def test_sample_uses_the_devices_present_whatever_mesh_trained_the_model(trained
 def test_sample_threshold_must_be_a_confidence(trained_run, capsys):
     assert main(["sample", f"--checkpoint={trained_run}", "--prompt=a", "--threshold=1.5"]) == 2
     assert "--threshold=1.5 is not a confidence" in capsys.readouterr().err
+
+
+def test_corpus_too_small_for_an_eval_split_says_so(tmp_path, capsys):
+    (tmp_path / "doc.txt").write_text("a corpus of thirty-nine bytes, no more.")
+    config = small_config(*QUIET, "data.source=text", f"data.path={tmp_path / 'doc.txt'}", "train.steps=1",
+                          f"data.cache_dir={tmp_path / 'cache'}")
+    loop.run(config, tmp_path / "run")
+    captured = capsys.readouterr()
+    assert "the eval split is empty" in captured.err
+    assert "no eval loss (the eval split is empty" in captured.out and "eval loss nan" not in captured.out
+
+
+def test_tpu_plugin_is_skipped_only_where_no_tpu_or_platform_choice_exists(monkeypatch):
+    import importlib.util
+
+    from llada_jax import cli
+
+    chosen = {"JAX_PLATFORMS": "tpu"}
+    cli.skip_absent_tpu(chosen)
+    assert chosen == {"JAX_PLATFORMS": "tpu"}  # the user's choice stands
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no libtpu: nothing to hide
+    untouched = {}
+    cli.skip_absent_tpu(untouched)
+    assert untouched == {}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "libtpu" else None)
+    monkeypatch.setattr(cli.glob, "glob", lambda pattern: [])  # libtpu but no TPU device
+    hidden = {}
+    cli.skip_absent_tpu(hidden)
+    assert hidden == {"JAX_PLATFORMS": "cpu"}

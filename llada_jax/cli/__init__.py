@@ -4,7 +4,10 @@ and a bad flag or config value is reported before JAX is even loaded."""
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
+import importlib.util
+import os
 import sys
 
 from llada_jax.config import ConfigError
@@ -28,8 +31,29 @@ def summary(module) -> str:
     return line.split(": `")[0].rstrip(".:")
 
 
+def skip_absent_tpu(environ=os.environ) -> None:
+    """With libtpu installed (e.g. for AOT TPU compiles) but no TPU chip, JAX's TPU plugin prints a screen of
+    warnings at start-up; there (and with no CUDA plugin installed), JAX is told to use the CPU.
+
+    Never overrides JAX_PLATFORMS; TPU VMs (a Google PCI device, /dev/accel*, /dev/vfio) are left alone.
+    """
+    if environ.get("JAX_PLATFORMS") is not None or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        with open(vendor) as f:
+            if f.read().strip() == "0x1ae0":  # Google: a TPU chip
+                return
+    if any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
+        return  # naming cuda would make a machine without a GPU driver fail; leave such setups alone
+    environ["JAX_PLATFORMS"] = "cpu"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not (argv and argv[0] == "preflight"):  # preflight --topology compiles for TPU through libtpu
+        skip_absent_tpu()
     parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LMs in JAX.",
                                      epilog="`llada-jax COMMAND --help` lists a command's flags and their defaults.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
