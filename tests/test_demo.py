@@ -43,9 +43,15 @@ def test_generation_length_is_the_trained_answer_region():
         demo.gen_length_for(seq_len=12, longest_prompt=10)
 
 
+# A measured run of this test's command (8 simulated CPU devices) ended at eval loss 0.160 and 35/40 = 87.5%
+# held-out accuracy, against a unigram entropy of 2.77 nats and 0% for answering without reading the prompt.
+EVAL_LOSS_AFTER_150_STEPS = 0.4
+ACCURACY_AFTER_150_STEPS = 50.0
+
+
 @pytest.mark.slow
 def test_shortened_demo_learns_to_sort(tmp_path, capsys):
-    """configs/demo.py for 150 of its 600 steps: the held-out loss must be far below its start (about 5.6)."""
+    """configs/demo.py for 150 of its 600 steps on 4,000 problems must already sort most held-out ones."""
     args = ["demo", f"--workdir={tmp_path}", "--train-examples=4000", "--test-examples=40", "--show=2",
             "--config.train.steps=150", f"--config.data.cache_dir={tmp_path / 'cache'}"]
     assert main(args) == 0

@@ -37,13 +37,15 @@ def run(args, overrides) -> int:
     print(f"demo: {len(train):,} generated {args.task} problems to learn (e.g. {train[0].prompt}{train[0].answer}), "
           f"{len(test)} others held out to test on", flush=True)
 
-    from llada_jax import checkpoint, loop, sharding
+    from llada_jax import checkpoint, loop, progress, sharding
     from llada_jax.data.vocab import get_vocabulary
 
     loop.run(config, args.workdir, quiet=args.quiet)
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params, config = checkpoint.load_model(os.path.join(os.path.abspath(args.workdir), "params"), mesh)
-    predictions = demo.solve(graphdef, params, mesh, get_vocabulary(config), [e.prompt for e in test],
-                             seq_len=config.train.seq_len, mask_id=config.model.mask_token_id)
+    with progress.timed(f"demo: answering the {len(test)} held-out problems with the reverse process "
+                        "(compiling the sampler first)"):
+        predictions = demo.solve(graphdef, params, mesh, get_vocabulary(config), [e.prompt for e in test],
+                                 seq_len=config.train.seq_len, mask_id=config.model.mask_token_id)
     print("\n".join(demo.report(test, predictions, args.show, demo.prompt_blind_accuracy(train, test))))
     return 0
