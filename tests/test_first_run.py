@@ -155,3 +155,10 @@ def test_tpu_plugin_is_skipped_only_where_no_tpu_or_platform_choice_exists(monke
     hidden = {}
     cli.skip_absent_tpu(hidden)
     assert hidden == {"JAX_PLATFORMS": "cpu"}
+
+
+def test_sweep_estimates_the_time_left_from_the_time_per_flop():
+    from llada_jax.sweep import sweep_eta
+
+    assert sweep_eta(0.0, 0.0, 3e12) == ""  # nothing measured before the first run ends
+    assert sweep_eta(60.0, 1e12, 3e12) == " | about 0:02:00 left for the sweep"  # 60 s per 1e12 FLOPs, 2e12 to go
