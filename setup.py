@@ -29,7 +29,9 @@ setup(
         "torch": ["torch>=2.4", "transformers>=4.40", "safetensors>=0.4"],
         "sweep": ["matplotlib>=3.7"],  # plots of scaling fits
         "eval": ["lm_eval>=0.4"],  # llada-jax eval: the lm-evaluation-harness model and runner
-        "dev": ["pytest>=8.0", "matplotlib>=3.7"],
+        # TensorBoard event files (written through its light event-file writer, no TensorFlow) and the viewer
+        "tensorboard": ["tensorboard>=2.14"],
+        "dev": ["pytest>=8.0", "matplotlib>=3.7", "tensorboard>=2.14"],
     },
     entry_points={"console_scripts": ["llada-jax=llada_jax.cli:main"]},
 )
