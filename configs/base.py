@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     # auto: cudnn on GPU, splash on TPU, blockwise elsewhere | xla (dense reference) | cudnn | splash | blockwise
     c.model.attention = "auto"
     c.model.attention_block = 512  # key positions per block of the blockwise kernel
-    c.model.loss_chunk_len = 512  # positions per chunk of the output head + cross entropy (no [B, T, V] logits)
+    c.model.loss_chunk_tokens = 2048  # tokens per device in one chunk of the output head + CE (never [B, T, V] logits)
     c.model.mask_token_id = 126336
     c.model.eos_token_id = 126081
     c.model.pad_token_id = 126081

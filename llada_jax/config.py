@@ -48,7 +48,7 @@ class ModelConfig:
     remat: str = "none"
     attention: str = "auto"
     attention_block: int = 512
-    loss_chunk_len: int = 512
+    loss_chunk_tokens: int = 2048
     mask_token_id: int = 126336
     eos_token_id: int = 126081
     pad_token_id: int = 126081
@@ -161,9 +161,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         raise ConfigError(f"model.remat={mc.remat!r} is not a known remat policy; use one of {REMAT_POLICIES}")
     if mc.attention not in ATTENTION_IMPLS:
         raise ConfigError(f"model.attention={mc.attention!r} is unknown; use one of {ATTENTION_IMPLS}")
-    for name in ("attention_block", "loss_chunk_len"):
+    for name in ("attention_block", "loss_chunk_tokens"):
         if getattr(mc, name) <= 0:
-            raise ConfigError(f"model.{name}={getattr(mc, name)} must be a positive number of positions")
+            raise ConfigError(f"model.{name}={getattr(mc, name)} must be positive")
     for name in ("dtype", "param_dtype"):
         if getattr(mc, name) not in DTYPES:
             raise ConfigError(f"model.{name}={getattr(mc, name)!r} is not a supported dtype; use one of {DTYPES}")

@@ -218,7 +218,7 @@ class Transformer(nnx.Module):
         """The training output: final hidden states plus head weight; losses compute logits chunk by chunk."""
         x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths)
         # the f32 weight goes in (cast per chunk), so its gradient is summed over chunks in f32
-        return HeadOutput(x, self.ff_out[...], self.cfg.loss_chunk_len)
+        return HeadOutput(x, self.ff_out[...], self.cfg.loss_chunk_tokens)
 
     def hidden_states(self, tokens, positions=None, segment_ids=None, *, prefix_kv=None, prefix_segment_ids=None,
                       lengths=None):
