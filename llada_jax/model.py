@@ -70,9 +70,10 @@ class Block(nnx.Module):
         self.up_proj = _param(rngs, (d, f), std, pdt, ("embed", "mlp"))
         self.ff_out = _param(rngs, (f, d), out_std, pdt, ("mlp", "embed"))
 
-    def __call__(self, x, cos, sin, attn_mask, prefix_kv=None):
-        """x [B, T, d] -> (x, (k, v)). `prefix_kv` (keys/values of earlier positions, RoPE applied) is attended
-        to before x's own keys: the prefix KV cache of the sampler."""
+    def __call__(self, x, cos, sin, attn_mask, cache_kv=None, window_start=None):
+        """x [B, T, d] -> (x, (k, v)). With `cache_kv` (keys/values of a whole sequence, RoPE applied) x is a
+        window of that sequence starting at column `window_start`: its fresh keys/values overwrite the cache's
+        there and it attends to the result (the sampler's prefix and dual caches)."""
         cfg = self.cfg
         dt = x.dtype
         w = lambda p: p[...].astype(dt)  # noqa: E731  (params live in f32, compute in cfg.dtype)
@@ -83,14 +84,14 @@ class Block(nnx.Module):
         v = jnp.einsum("btd,dkh->btkh", y, w(self.v_proj))
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         keys, values = k, v
-        if prefix_kv is not None:
-            keys = jnp.concatenate([prefix_kv[0].astype(dt), k], axis=1)
-            values = jnp.concatenate([prefix_kv[1].astype(dt), v], axis=1)
+        if cache_kv is not None:
+            keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(dt), k, window_start, axis=1)
+            values = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(dt), v, window_start, axis=1)
         attn = jax.nn.dot_product_attention(
             q, keys, values,
             mask=attn_mask,
             scale=cfg.head_dim ** -0.5,
-            is_causal=cfg.causal and prefix_kv is None,
+            is_causal=cfg.causal and cache_kv is None,
             implementation=None if cfg.attention == "auto" else cfg.attention,
         )
         x = x + jnp.einsum("btnh,nhd->btd", attn, w(self.attn_out))
@@ -124,14 +125,15 @@ class Transformer(nnx.Module):
             self.ff_out = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, pdt, ("embed", "vocab"))
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, *, prefix_kv=None, prefix_segment_ids=None,
-                 return_kv: bool = False):
+                 segment_ids: jax.Array | None = None, *, cache_kv=None, cache_segment_ids=None,
+                 window_start=None, return_kv: bool = False):
         """tokens [B, T] -> float32 logits [B, T, V].
 
         `segment_ids` (packed documents or padding) restrict attention to equal ids; positions default to
         0..T-1. Sampler extras: `return_kv` also returns every layer's keys/values ([layers, B, T, K, H] each);
-        `prefix_kv` (such a pair for earlier positions, with `prefix_segment_ids`) lets `tokens` attend to a
-        cached prefix without recomputing it.
+        `cache_kv` (such a pair for a whole sequence, with its `cache_segment_ids`) makes `tokens` the window of
+        that sequence starting at column `window_start` (traced): only the window is recomputed, its keys and
+        values replace the cached ones there, and it attends to the whole sequence.
         """
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
@@ -140,7 +142,7 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         attn_mask = None
         if segment_ids is not None:
-            key_ids = segment_ids if prefix_kv is None else jnp.concatenate([prefix_segment_ids, segment_ids], axis=1)
+            key_ids = segment_ids if cache_kv is None else cache_segment_ids
             attn_mask = (segment_ids[:, :, None] == key_ids[:, None, :])[:, None, :, :]
 
         x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)
@@ -149,17 +151,17 @@ class Transformer(nnx.Module):
         graphdef, stacked = nnx.split(self.blocks)
 
         def layer(x, xs):
-            layer_state, layer_prefix = xs
-            return nnx.merge(graphdef, layer_state)(x, cos, sin, attn_mask, layer_prefix)
+            layer_state, layer_cache = xs
+            return nnx.merge(graphdef, layer_state)(x, cos, sin, attn_mask, layer_cache, window_start)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            x, kv = jax.lax.scan(layer, x, (stacked, prefix_kv))
+            x, kv = jax.lax.scan(layer, x, (stacked, cache_kv))
         else:
             per_layer = []
             for i in range(cfg.n_layers):
-                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, prefix_kv)))
+                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, cache_kv)))
                 per_layer.append(layer_kv)
             kv = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
 
