@@ -28,7 +28,10 @@ setup(
         # 2.13.0 is the CPU build this project's machines have on disk; any later 2.x works too.
         "torch": ["torch>=2.4", "transformers>=4.40", "safetensors>=0.4"],
         "sweep": ["matplotlib>=3.7"],  # plots of scaling fits
-        "dev": ["pytest>=8.0", "matplotlib>=3.7"],
+        "eval": ["lm_eval>=0.4"],  # llada-jax eval: the lm-evaluation-harness model and runner
+        # TensorBoard event files (written through its light event-file writer, no TensorFlow) and the viewer
+        "tensorboard": ["tensorboard>=2.14"],
+        "dev": ["pytest>=8.0", "matplotlib>=3.7", "tensorboard>=2.14"],
     },
     entry_points={"console_scripts": ["llada-jax=llada_jax.cli:main"]},
 )

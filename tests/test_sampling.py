@@ -318,7 +318,8 @@ def _read_png(data: bytes) -> np.ndarray:
 def test_trace_png_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError: the zlib fallback
     trace = np.array([[0, 1, 2, -1], [3, 3, -1, -1]])
-    trace_plot.save(trace, str(tmp_path / "t.png"), block_length=2)
+    legend = trace_plot.save(trace, str(tmp_path / "t.png"), block_length=2)
+    assert "grey = never revealed" in legend and "pip install matplotlib" in legend  # the axes it lacks, in words
     image = _read_png((tmp_path / "t.png").read_bytes())
     np.testing.assert_array_equal(image, trace_plot.grid_image(trace, 2))
     assert image.shape == (16, 32, 3) and tuple(image[12, 30]) == (220, 220, 220)  # unrevealed: grey
@@ -338,7 +339,7 @@ def test_sample_cli(export, tmp_path, capsys):
               "--steps=2", "--block-length=4", "--no-early-stop", "--temperature=0.5"]
     assert main(["sample", *common, f"--trace={tmp_path / 'trace.png'}"]) == 0
     out = capsys.readouterr().out
-    assert "=== def f(" in out and "=== x" in out and "(2 forward passes for 2 x 8 tokens)" in out
+    assert "=== def f(" in out and "=== x" in out and "(2 forward passes for 2 x 8 tokens, " in out
     assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG"
     # the default mesh puts fsdp over the 8 simulated devices; fsdp=4 x tensor=2 decodes the same text, also
     # with the prefix KV cache (exact here: one step per block)

@@ -70,6 +70,7 @@ def run(args, overrides) -> int:
     from llada_jax.config import ConfigError
     from llada_jax.data.vocab import get_vocabulary
     from llada_jax.cli.sample import inference_mesh
+    from llada_jax.progress import Progress, fmt_time, stderr
 
     if args.mc_num <= 0 or args.batch_size <= 0 or args.cfg_scale < 0:
         raise ConfigError("--mc-num and --batch-size must be positive and --cfg-scale >= 0")
@@ -91,8 +92,11 @@ def run(args, overrides) -> int:
     params = serving_params.cast_params(params, dtype)  # once, not per forward pass
     key = jax.random.key(args.seed)
     correct = labelled = 0
+    progress = Progress(len(items))
     with jax.set_mesh(mesh):
         for n, (item, (prompt, answers)) in enumerate(zip(items, encoded)):
+            if n == 0:
+                stderr(f"score: {len(items)} items x {args.mc_num} samples (the first item compiles) ...")
             # one key per item: the choices share their random numbers, so their comparison is less noisy
             scores = [likelihood.log_likelihood(graphdef, params, prompt, a, jax.random.fold_in(key, n),
                                                 mask_id=config.model.mask_token_id, mc_num=args.mc_num,
@@ -107,6 +111,8 @@ def run(args, overrides) -> int:
                     record["correct"] = record["pick"] == item["label"]
                     correct += int(record["correct"])
             print(json.dumps(record), flush=True)
+            if progress.due(n + 1):
+                stderr(f"score: item {n + 1}/{len(items)} | {fmt_time(progress.elapsed())} elapsed | ETA {progress.eta()}")
     if labelled:
         print(json.dumps({"accuracy": correct / labelled, "labelled": labelled}))
     return 0
