@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from llada_jax import compile_cache
+
+    compile_cache.enable()
     try:
         return int(importlib.import_module(COMMANDS[args.command]).run(args, overrides) or 0)
     except ConfigError as e:

@@ -20,10 +20,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--cfg-scale", type=float, default=0.0)
     parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="reveal every token above this confidence (at least one per step)")
-    parser.add_argument("--kv-cache", action="store_true",
-                        help="reuse keys/values of the prompt and finished blocks within a block (approximate, faster)")
+    parallel = parser.add_mutually_exclusive_group()
+    parallel.add_argument("--threshold", type=float, default=None,
+                          help="parallel decoding: reveal every token above this confidence (at least one per step)")
+    parallel.add_argument("--factor", type=float, default=None,
+                          help="parallel decoding, Fast-dLLM's factor rule: reveal the n most confident tokens while "
+                               "the i-th has confidence >= 1 - factor / (i + 1)")
+    parser.add_argument("--cache", choices=["none", "prefix", "dual"], default="none",
+                        help="reuse keys/values within a block: of the prompt (prefix) or of everything but the "
+                             "block (dual); approximate, faster")
+    parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="cast params once at load (auto: bfloat16 on GPU/TPU, as stored on CPU)")
     parser.add_argument("--no-early-stop", action="store_true",
                         help="decode every block even after each answer holds an EOS (the cropped text is the same)")
     parser.add_argument("--seed", type=int, default=0)
@@ -61,6 +68,8 @@ def check_args(args, max_seq_len: int, longest_prompt: int) -> None:
         raise ConfigError("--temperature and --cfg-scale must be >= 0")
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise ConfigError(f"--threshold={args.threshold} is not a confidence; give a value in (0, 1], e.g. 0.9")
+    if args.factor is not None and args.factor <= 0:
+        raise ConfigError(f"--factor={args.factor} must be positive (Fast-dLLM uses about 1)")
     if longest_prompt + args.gen_length > max_seq_len:
         raise ConfigError(
             f"prompt ({longest_prompt} tokens) + --gen-length={args.gen_length} exceeds the model's "
@@ -89,7 +98,7 @@ def inference_mesh(directory, overrides):
 def run(args, overrides) -> int:
     import jax
 
-    from llada_jax import checkpoint, sampling
+    from llada_jax import checkpoint, sampling, serving_params
     from llada_jax.data.vocab import get_vocabulary
     from llada_jax.progress import stderr
 
@@ -99,7 +108,9 @@ def run(args, overrides) -> int:
     vocab = get_vocabulary(config)
     encoded = [vocab.encode(p) for p in prompts]
     check_args(args, config.model.max_seq_len, max(len(e) for e in encoded))
+    dtype = serving_params.serving_dtype(args.param_dtype)
     graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
+    params = serving_params.cast_params(params, dtype)
     ids, valid = sampling.left_pad(encoded, vocab.pad_id)
     stderr(f"sample: decoding {len(prompts)} x {args.gen_length} tokens in up to {args.steps} forward passes "
            "(compiling the decoder first) ...")
@@ -109,7 +120,7 @@ def run(args, overrides) -> int:
             graphdef, params, ids, valid, jax.random.key(args.seed), gen_length=args.gen_length, steps=args.steps,
             block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
             remasking=args.remasking, mask_id=config.model.mask_token_id, threshold=args.threshold,
-            kv_cache=args.kv_cache, eos_id=None if args.no_early_stop else vocab.eos_id)
+            factor=args.factor, cache=args.cache, eos_id=None if args.no_early_stop else vocab.eos_id)
     for prompt, row in zip(prompts, jax.device_get(out)):
         text = vocab.decode(sampling.crop_at_eos(row[ids.shape[1]:], vocab.eos_id))
         print(f"=== {prompt}\n{text}")

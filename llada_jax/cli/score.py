@@ -17,6 +17,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (mini-batch)")
     parser.add_argument("--cfg-scale", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="cast params once at load (auto: bfloat16 on GPU/TPU, as stored on CPU)")
 
 
 def _check_item(item, where: str) -> None:
@@ -64,7 +66,7 @@ def read_items(path: str) -> list[dict]:
 def run(args, overrides) -> int:
     import jax
 
-    from llada_jax import checkpoint, likelihood
+    from llada_jax import checkpoint, likelihood, serving_params
     from llada_jax.config import ConfigError
     from llada_jax.data.vocab import get_vocabulary
     from llada_jax.cli.sample import inference_mesh
@@ -85,7 +87,9 @@ def run(args, overrides) -> int:
             raise ConfigError(f"item {n} has {longest} prompt + answer tokens, more than the model's "
                               f"max_seq_len={config.model.max_seq_len}; shorten it")
         encoded.append((prompt, answers))
+    dtype = serving_params.serving_dtype(args.param_dtype)
     graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
+    params = serving_params.cast_params(params, dtype)  # once, not per forward pass
     key = jax.random.key(args.seed)
     correct = labelled = 0
     progress = Progress(len(items))
