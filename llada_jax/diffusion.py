@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from llada_jax.output_head import token_scores
+
 
 def mask_probability(t: jax.Array, eps: float) -> jax.Array:
     return (1.0 - eps) * t + eps
@@ -52,11 +54,13 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def _weighted_masked_loss(logits, targets, masked, p, normaliser):
-    """mean_b [ sum_i masked_bi * CE_bi / p_b / normaliser_b ] plus accuracy counts on masked tokens."""
-    ce = cross_entropy(logits, targets)
+    """mean_b [ sum_i masked_bi * CE_bi / p_b / normaliser_b ] plus accuracy counts on masked tokens.
+
+    `logits` is a [B, T, V] array or the model's output_head.HeadOutput (chunked, no [B, T, V] array)."""
+    ce, hits = token_scores(logits, targets)
     maskf = masked.astype(jnp.float32)
     per_seq = jnp.sum(ce * maskf, axis=-1) / p / jnp.maximum(normaliser.astype(jnp.float32), 1.0)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32) * maskf
+    correct = hits.astype(jnp.float32) * maskf
     aux = {"masked_correct": jnp.sum(correct), "masked_tokens": jnp.sum(maskf), "masked_ce_sum": jnp.sum(ce * maskf)}
     return jnp.mean(per_seq), aux
 
@@ -75,10 +79,12 @@ def sft_loss(logits, targets, masked, p, response_mask):
 
 
 def ar_loss(logits, tokens, valid=None):
-    """Next-token NLL averaged over predicted positions (the autoregressive baseline)."""
-    ce = cross_entropy(logits[:, :-1], tokens[:, 1:])
+    """Next-token NLL averaged over predicted positions (the autoregressive baseline). `logits` as in
+    _weighted_masked_loss; position i is scored against token i + 1 (the last position's score is dropped)."""
+    next_tokens = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
+    ce, hits = (x[:, :-1] for x in token_scores(logits, next_tokens))
     w = jnp.ones_like(ce) if valid is None else (valid[:, 1:] & valid[:, :-1]).astype(jnp.float32)
-    correct = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32) * w
+    correct = hits.astype(jnp.float32) * w
     n = jnp.maximum(jnp.sum(w), 1.0)
     aux = {"masked_correct": jnp.sum(correct), "masked_tokens": jnp.sum(w), "masked_ce_sum": jnp.sum(ce * w)}
     return jnp.sum(ce * w) / n, aux

@@ -93,7 +93,7 @@ def compute_loss(graphdef, config, params, batch, key):
         segment_ids = jnp.where(valid, segment_ids, 0)
 
     if t.objective == "ar":
-        logits = model_lib.apply(graphdef, params, tokens, segment_ids=segment_ids)
+        logits = model_lib.apply_head(graphdef, params, tokens, segment_ids=segment_ids)
         return diffusion.ar_loss(logits, tokens, valid)
 
     maskable = valid
@@ -101,7 +101,8 @@ def compute_loss(graphdef, config, params, batch, key):
         maskable = valid & ~batch["prompt_mask"]
     noisy, masked, p = diffusion.forward_process(key_mask, tokens, m.mask_token_id, t.mask_eps, maskable,
                                                  t=batch.get("t"))
-    logits = model_lib.apply(graphdef, params, noisy, segment_ids=segment_ids)
+    logits = model_lib.apply_head(graphdef, params, noisy, segment_ids=segment_ids,
+                                  lengths=None if "segment_ids" in batch else lengths)
     if t.objective == "sft":
         return diffusion.sft_loss(logits, tokens, masked, p, valid & ~batch["prompt_mask"])
     return diffusion.pretrain_loss(logits, tokens, masked, p, lengths)
