@@ -347,6 +347,12 @@ def test_sample_refuses_to_overwrite_a_trace_and_names_a_truncated_checkpoint(ex
     assert "cannot be read" in err and len(err.strip().splitlines()) == 1
 
 
+def test_eval_refuses_to_overwrite_its_output_before_evaluating(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("last week's results")
+    assert cli.main(["eval", f"--checkpoint={tmp_path}", "--tasks=x", f"--output={tmp_path / 'results.json'}"]) == 2
+    assert "--output=" in capsys.readouterr().err and (tmp_path / "results.json").read_text() == "last week's results"
+
+
 def test_params_export_with_overwrite_keeps_other_files(tmp_path):
     config = small_config(*QUIET)
     (tmp_path / "export").mkdir()
