@@ -17,6 +17,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -242,7 +243,7 @@ def agreed_by_process_0(flag: bool) -> bool:
         return bool(flag)
     from jax.experimental import multihost_utils
 
-    return bool(multihost_utils.broadcast_one_to_all(jax.numpy.asarray(bool(flag))))
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(int(bool(flag)), np.int32)))
 
 
 @contextlib.contextmanager

@@ -69,7 +69,8 @@ def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=(
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise AssertionError(f"the processes did not finish within {timeout} s (hung)")
+            tails = [q.communicate()[1][-1500:] for q in procs]
+            raise AssertionError(f"the processes did not finish within {timeout} s (hung): {tails}")
         assert p.returncode == 0, err[-3000:]
         results.append(json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))))
     return sorted(results, key=lambda r: r["process"])
@@ -114,7 +115,7 @@ def test_time_based_saves_follow_process_0_despite_clock_skew(tmp_path):
     """Each host deciding by its own clock put process 1 into the save barrier while process 0 went on to the
     next step's collectives, hanging the run; the decision is process 0's, shared by both."""
     workdir = tmp_path / "skew"
-    results = launch(tmp_path, workdir, 0, n_processes=2, devices_each=4, driver_text=SKEWED_DRIVER, timeout=240,
+    results = launch(tmp_path, workdir, 0, n_processes=2, devices_each=4, driver_text=SKEWED_DRIVER, timeout=400,
                      overrides=["config.checkpoint.every_minutes=30"])
     assert [r["summary"]["step"] for r in results] == [4, 4]
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4]
