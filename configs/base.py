@@ -26,8 +26,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype; params stay in param_dtype
     c.model.param_dtype = "float32"
     c.model.scan_layers = True  # lax.scan over the stacked layers (fast compiles) or an unrolled loop
-    c.model.remat = "none"  # none | full | save_dots
-    c.model.attention = "auto"  # auto | xla | cudnn (jax.nn.dot_product_attention implementation)
+    # What each layer keeps for the backward pass: none (everything) | full (nothing) | save_dots (matmul
+    # outputs) | save_proj (q/k/v/attention/MLP projections) | offload_proj (those, in host memory; TPU/GPU)
+    c.model.remat = "none"
+    # auto: cudnn on GPU, splash on TPU, blockwise elsewhere | xla (dense reference) | cudnn | splash | blockwise
+    c.model.attention = "auto"
+    c.model.attention_block = 512  # key positions per block of the blockwise kernel
+    c.model.loss_chunk_tokens = 2048  # tokens per device in one chunk of the output head + CE (never [B, T, V] logits)
     c.model.mask_token_id = 126336
     c.model.eos_token_id = 126081
     c.model.pad_token_id = 126081

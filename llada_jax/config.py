@@ -15,8 +15,8 @@ from typing import Sequence
 
 import ml_collections
 
-REMAT_POLICIES = ("none", "full", "save_dots")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_proj", "offload_proj")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
 DTYPES = ("float32", "bfloat16", "float16")
 OBJECTIVES = ("mdm", "sft", "ar")
 SCHEDULES = ("wsd", "cosine", "constant")
@@ -47,6 +47,8 @@ class ModelConfig:
     scan_layers: bool = True
     remat: str = "none"
     attention: str = "auto"
+    attention_block: int = 512
+    loss_chunk_tokens: int = 2048
     mask_token_id: int = 126336
     eos_token_id: int = 126081
     pad_token_id: int = 126081
@@ -137,10 +139,12 @@ def _parse_like(raw: str, old):
     return value
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
-    """Raises ConfigError with one sentence for the first invalid value found."""
-    from llada_jax import sharding  # local import: sharding imports jax, config must stay light
+def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Raises ConfigError with one sentence for the first invalid value found.
 
+    Without `device_count` only the fields are checked, not the mesh: that needs no JAX, so the CLI reports a
+    bad value before the heavy imports (in well under a second).
+    """
     m = config.model
     mc = ModelConfig.from_config(m)
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
@@ -157,6 +161,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         raise ConfigError(f"model.remat={mc.remat!r} is not a known remat policy; use one of {REMAT_POLICIES}")
     if mc.attention not in ATTENTION_IMPLS:
         raise ConfigError(f"model.attention={mc.attention!r} is unknown; use one of {ATTENTION_IMPLS}")
+    for name in ("attention_block", "loss_chunk_tokens"):
+        if getattr(mc, name) <= 0:
+            raise ConfigError(f"model.{name}={getattr(mc, name)} must be positive")
     for name in ("dtype", "param_dtype"):
         if getattr(mc, name) not in DTYPES:
             raise ConfigError(f"model.{name}={getattr(mc, name)!r} is not a supported dtype; use one of {DTYPES}")
@@ -210,6 +217,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             raise ConfigError(f"optimizer.{name}={o[name]} must be in [0, 1)")
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise ConfigError("optimizer.grad_clip and optimizer.weight_decay must be >= 0")
+
+    if device_count is None:
+        return
+    from llada_jax import sharding  # local import: sharding imports jax, config must stay light
 
     shape = sharding.mesh_shape(config.mesh, device_count)
     batch_shards = shape["data"] * shape["fsdp"]

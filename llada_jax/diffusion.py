@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from llada_jax.output_head import token_scores
+
 
 def mask_probability(t: jax.Array, eps: float) -> jax.Array:
     return (1.0 - eps) * t + eps
@@ -53,12 +55,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def _weighted_masked_loss(logits, targets, masked, p, normaliser):
-    """(sum_b [sum_i masked_bi * CE_bi / p_b / normaliser_b], rows with normaliser_b > 0, accuracy counts)."""
-    ce = cross_entropy(logits, targets)
+    """(sum_b [sum_i masked_bi * CE_bi / p_b / normaliser_b], rows with normaliser_b > 0, accuracy counts).
+
+    `logits` is a [B, T, V] array or the model's output_head.HeadOutput (chunked, no [B, T, V] array)."""
+    ce, hits = token_scores(logits, targets)
     maskf = masked.astype(jnp.float32)
     normaliser = normaliser.astype(jnp.float32)
     per_seq = jnp.sum(ce * maskf, axis=-1) / p / jnp.maximum(normaliser, 1.0)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32) * maskf
+    correct = hits.astype(jnp.float32) * maskf
     aux = {"masked_correct": jnp.sum(correct), "masked_tokens": jnp.sum(maskf), "masked_ce_sum": jnp.sum(ce * maskf)}
     return jnp.sum(per_seq), jnp.sum((normaliser > 0).astype(jnp.float32)), aux
 
@@ -79,13 +83,16 @@ def sft_loss(logits, targets, masked, p, response_mask):
 
 def ar_loss(logits, tokens, valid=None):
     """Next-token NLL as (sum over predicted positions, number of them, aux): the autoregressive baseline.
+    `logits` as in _weighted_masked_loss; position i is scored against token i + 1 (the last position's score
+    is dropped).
 
     Returning the sum and the count (not their ratio) keeps gradient accumulation exact when micro-batches
     hold different numbers of real tokens: the step divides once, by the whole batch's count.
     """
-    ce = cross_entropy(logits[:, :-1], tokens[:, 1:])
+    next_tokens = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
+    ce, hits = (x[:, :-1] for x in token_scores(logits, next_tokens))
     w = jnp.ones_like(ce) if valid is None else (valid[:, 1:] & valid[:, :-1]).astype(jnp.float32)
-    correct = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32) * w
+    correct = hits.astype(jnp.float32) * w
     aux = {"masked_correct": jnp.sum(correct), "masked_tokens": jnp.sum(w), "masked_ce_sum": jnp.sum(ce * w)}
     return jnp.sum(ce * w), jnp.sum(w), aux
 

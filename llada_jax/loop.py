@@ -25,6 +25,7 @@ from llada_jax.config import validate
 from llada_jax.data import pipeline
 from llada_jax.metrics import MetricsWriter
 from llada_jax.preemption import PreemptionWatcher
+from llada_jax.progress import Progress, fmt_time
 from llada_jax.train import Trainer
 
 
@@ -32,9 +33,14 @@ def count_params(abstract_params) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params)))
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+def progress_line(record: dict, t_cfg, eta: str, ar: bool) -> str:
+    """The console line; the AR baseline's loss is a next-token NLL, not the masked-diffusion bound."""
+    tok_s = record["tokens_per_s"]
+    return (f"step {record['step']}/{t_cfg.steps} | {'NLL' if ar else 'loss'} {record['loss']:.4f} | "
+            f"{'next-token' if ar else 'masked'} acc {record['masked_accuracy']:.3f} | grad norm "
+            f"{record['grad_norm']:.3f} | lr {record['lr']:.2e} | "
+            + (f"{tok_s:,.0f} tok/s" if math.isfinite(tok_s) else "- tok/s") + f" | ETA {eta}"
+            + (f" | skipped {record['skipped_total']}" if record["skipped_total"] else ""))
 
 
 def build_data(config):
@@ -64,6 +70,7 @@ class Session:
     ckpt_block_s: float = 0.0
     stopping: str = ""
     clock: tuple = (0.0, 0)  # (time, step) of the last throughput reading
+    progress: Any = None  # when the console hears from the run (every few seconds, and every logged step)
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
@@ -107,6 +114,12 @@ def restore_or_init(s: Session) -> None:
         s.state, meta = s.ckpt.restore(s.trainer.sharded_abstract_state())
         s.batches.set_state(meta["data"])
         s.log.print(f"resuming from the checkpoint at step {int(s.state.step)} in {s.ckpt.directory}")
+        step_dir = s.ckpt.directory / str(int(s.state.step))
+        changes = checkpoint.schedule_changes(checkpoint.read_config(step_dir), s.config)
+        if changes:
+            s.log.print(f"note: the schedule differs from the checkpoint's ({', '.join(changes)}); training continues "
+                        f"from step {int(s.state.step)} under the new one. To start fresh, use a new --workdir or "
+                        f"delete {s.ckpt.directory}")
     elif init_from:
         params, _ = checkpoint.load_params(init_from, s.mesh, s.config)
         s.state = s.trainer.state_from_params(params)
@@ -115,6 +128,7 @@ def restore_or_init(s: Session) -> None:
         s.state = s.trainer.init_state()
     s.start_step = int(s.state.step)
     s.clock = (time.perf_counter(), s.start_step)
+    s.progress = Progress(s.config.train.steps, start=s.start_step)
 
 
 def count_skip(s: Session, flag, done: int) -> None:
@@ -133,8 +147,15 @@ def train_one_step(s: Session, step: int) -> int:
     """Runs step `step`; the previous step's skip flag is read now, so the host never waits for the step it
     just queued (the last step's flag is read at once)."""
     previous = s.metrics.get("skipped")
-    s.state, s.metrics = s.trainer.step(s.state, sharding.global_batch(next(s.batches), s.mesh))
+    batch = sharding.global_batch(next(s.batches), s.mesh)
     done = step + 1
+    if step == s.start_step:
+        s.log.print("compiling the train step (the first step waits for it) ...")
+        s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch))
+        s.log.print(f"compiled and ran step {done} in {time.perf_counter() - s.started:.1f} s")
+        s.clock = (time.perf_counter(), done)  # tokens/s counts the steps after compiling
+    else:
+        s.state, s.metrics = s.trainer.step(s.state, batch)
     if previous is not None:
         count_skip(s, previous, done)
     if done == s.config.train.steps:
@@ -142,23 +163,26 @@ def train_one_step(s: Session, step: int) -> int:
     return done
 
 
+def logged(t_cfg) -> Callable[[int, bool], bool]:
+    """Steps whose metrics are written: every train.log_every-th and the last."""
+    return every(t_cfg.log_every, at_last=True)
+
+
 def log_progress(s: Session, done: int) -> None:
-    """Hook: writes the step's metrics and prints the progress line."""
+    """Hook: prints the progress line (every few seconds at least) and writes the record on logged steps."""
     t = s.config.train
     metrics = {k: float(v) for k, v in jax.device_get(s.metrics).items()}
     now = time.perf_counter()
-    tokens_per_step = t.global_batch_size * t.seq_len
-    tok_s = (done - s.clock[1]) * tokens_per_step / max(now - s.clock[0], 1e-9)
-    s.clock = (now, done)
-    eta = (t.steps - done) * tokens_per_step / max(tok_s, 1e-9)
-    s.record = {"step": done, **metrics, "tokens_per_s": tok_s, "skipped_total": s.skipped_total,
-                "checkpoint_block_s": s.ckpt_block_s}
-    s.log.write(s.record)
-    s.log.print(
-        f"step {done}/{t.steps} | loss {metrics['loss']:.4f} | masked acc {metrics['masked_accuracy']:.3f}"
-        f" | grad norm {metrics['grad_norm']:.3f} | lr {metrics['lr']:.2e} | {tok_s:,.0f} tok/s"
-        f" | ETA {_fmt_time(eta)}" + (f" | skipped {s.skipped_total}" if s.skipped_total else "")
-    )
+    tok_s = math.nan
+    if done > s.clock[1]:
+        tok_s = (done - s.clock[1]) * t.global_batch_size * t.seq_len / (now - s.clock[0])
+        s.clock = (now, done)
+    record = {"step": done, **metrics, "tokens_per_s": tok_s, "skipped_total": s.skipped_total,
+              "checkpoint_block_s": s.ckpt_block_s}
+    if logged(t)(done, done == t.steps):
+        s.record = record
+        s.log.write(record)
+    s.log.print(progress_line(record, t, s.progress.eta(), ar=t.objective == "ar"))
 
 
 def run_eval(s: Session, done: int) -> None:
@@ -181,7 +205,7 @@ def default_hooks(s: Session) -> list[Hook]:
     t = s.config.train
     must_save = lambda done, is_last: is_last or bool(s.stopping) or s.ckpt.due(done)  # noqa: E731
     return [
-        Hook("log", every(t.log_every, at_last=True), log_progress),
+        Hook("log", lambda done, is_last: s.progress.due(done, force=logged(t)(done, is_last)), log_progress),
         Hook("eval", lambda done, is_last: every(t.eval_every)(done, is_last) and not is_last, run_eval),
         Hook("checkpoint", must_save, save_checkpoint),
     ]
@@ -218,9 +242,13 @@ def final_eval(s: Session) -> dict:
 def export_params(s: Session, summary: dict) -> None:
     """Writes WORKDIR/params (what sampling, scoring and conversion read) and prints the closing line."""
     checkpoint.save_params(s.workdir / "params", s.state.params, s.config, overwrite=True)
+    ar = s.config.train.objective == "ar"
     s.log.print(
-        f"done in {_fmt_time(summary['wall_s'])}: eval loss {summary['eval_loss']:.4f} nats/token (ELBO bound) vs. "
-        f"unigram entropy {s.info['unigram_entropy']:.4f}; masked-token accuracy {summary['masked_accuracy']:.3f}; "
+        f"done in {fmt_time(summary['wall_s'])}: "
+        + (f"eval loss {summary['eval_loss']:.4f} nats/token ({'NLL' if ar else 'ELBO bound'})"
+           if s.eval_sets else "no eval loss (the eval split is empty: the corpus is too small)")
+        + f" vs. unigram entropy {s.info['unigram_entropy']:.4f}; "
+        + f"{'next-token' if ar else 'masked-token'} accuracy {summary['masked_accuracy']:.3f}; "
         f"params saved to {s.workdir / 'params'}"
     )
 

@@ -11,28 +11,80 @@ therefore independent of that choice.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from llada_jax import sharding
+from llada_jax.attention import attention
+from llada_jax.output_head import HeadOutput, project
 from llada_jax.config import ModelConfig
 
-_REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+# Names of the per-layer tensors remat policies can keep (jax.ad_checkpoint.checkpoint_name tags below).
+PROJECTIONS = ("query", "key", "value", "attn_mixed", "attn_output", "mlp_gate", "mlp_up", "mlp_output")
+
+
+def remat_policy(name: str):
+    """Named rematerialisation policies: what each layer keeps for the backward pass (the rest is recomputed).
+
+    full: nothing (the layer input only); save_dots: every matmul output without batch dims; save_proj: the
+    projections' outputs (q, k, v, attention output, MLP gate/up/out), so attention and elementwise work is
+    recomputed but no matmul is; offload_proj: the same tensors moved to host memory (TPU/GPU pinned host).
+    """
+    policies = jax.checkpoint_policies
+    if name == "full":
+        return policies.nothing_saveable
+    if name == "save_dots":
+        return policies.dots_with_no_batch_dims_saveable
+    if name == "save_proj":
+        return policies.save_only_these_names(*PROJECTIONS)
+    if name == "offload_proj":
+        return policies.save_and_offload_only_these_names(
+            names_which_can_be_saved=[], names_which_can_be_offloaded=list(PROJECTIONS),
+            offload_src="device", offload_dst="pinned_host")
+    raise ValueError(f"unknown remat policy {name!r}")
 
 
 def _param(rngs: nnx.Rngs, shape, std: float, dtype, names) -> nnx.Param:
     return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype), sharding_names=names)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """x * rsqrt(mean(x^2) + eps) computed in float32, cast back to x's dtype, then scaled by the weight."""
+    """x * rsqrt(mean(x^2) + eps) computed in float32, cast back to x's dtype, then scaled by the weight.
+
+    A custom VJP so the backward pass keeps x in its own dtype (bf16) instead of the float32 copy autodiff
+    would save, and recomputes the normalisation from it.
+    """
+    return _rms_norm_forward(x, weight, eps)
+
+
+def _rms_norm_forward(x, weight, eps):
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return y.astype(x.dtype) * weight.astype(x.dtype)
+
+
+def _rms_norm_fwd(x, weight, eps):
+    return _rms_norm_forward(x, weight, eps), (x, weight)
+
+
+def _rms_norm_bwd(eps, res, dy):
+    x, weight = res
+    xf = x.astype(jnp.float32)
+    r = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    normed = xf * r
+    dyf = dy.astype(jnp.float32)
+    d_weight = jnp.sum(dyf * normed.astype(x.dtype).astype(jnp.float32), axis=tuple(range(x.ndim - 1)))
+    d_normed = dyf * weight.astype(x.dtype).astype(jnp.float32)
+    dx = r * (d_normed - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), d_weight.astype(weight.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -43,12 +95,34 @@ def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x * cos + rotate_half(x) * sin with rotate_half([x1, x2]) = [-x2, x1]; x is [batch, length, heads, dim]."""
+def _rotate(x, cos, sin, sign: float):
+    """x * cos + sign * rotate_half(x) * sin in float32, cast back; rotate_half([x1, x2]) = [-x2, x1]."""
     xf = x.astype(jnp.float32)
     x1, x2 = jnp.split(xf, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+    return (xf * cos[:, :, None, :] + sign * rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+@jax.custom_vjp
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x * cos + rotate_half(x) * sin; x is [batch, length, heads, dim].
+
+    A rotation, so its backward is the inverse rotation of the cotangent: a custom VJP keeps only the
+    [B, T, dim] tables instead of autodiff's head-broadcast float32 copies of them per layer.
+    """
+    return _rotate(x, cos, sin, 1.0)
+
+
+def _rope_fwd(x, cos, sin):
+    return _rotate(x, cos, sin, 1.0), (cos, sin)
+
+
+def _rope_bwd(res, dy):
+    cos, sin = res
+    return _rotate(dy, cos, sin, -1.0), None, None
+
+
+apply_rope.defvjp(_rope_fwd, _rope_bwd)
 
 
 class Block(nnx.Module):
@@ -70,38 +144,40 @@ class Block(nnx.Module):
         self.up_proj = _param(rngs, (d, f), std, pdt, ("embed", "mlp"))
         self.ff_out = _param(rngs, (f, d), out_std, pdt, ("mlp", "embed"))
 
-    def __call__(self, x, cos, sin, attn_mask, prefix_kv=None):
-        """x [B, T, d] -> (x, (k, v)). `prefix_kv` (keys/values of earlier positions, RoPE applied) is attended
-        to before x's own keys: the prefix KV cache of the sampler."""
+    def __call__(self, x, cos, sin, segments, cache_kv=None, window_start=None):
+        """x [B, T, d] -> (x, (k, v)). `segments` is (query ids, key ids, kv_lengths or None) for attention.
+        With `cache_kv` (keys/values of a whole sequence, RoPE applied) x is a window of that sequence starting
+        at column `window_start`: its fresh keys/values overwrite the cache's there and it attends to the
+        result (the sampler's prefix and dual caches). Params arrive already cast to the compute dtype
+        (Transformer casts once)."""
         cfg = self.cfg
         dt = x.dtype
-        w = lambda p: p[...].astype(dt)  # noqa: E731  (params live in f32, compute in cfg.dtype)
+        w = lambda p: p[...].astype(dt)  # noqa: E731  (a no-op after the model-level cast)
 
-        y = rms_norm(x, self.attn_norm[...], cfg.rms_norm_eps)
-        q = apply_rope(jnp.einsum("btd,dnh->btnh", y, w(self.q_proj)), cos, sin)
-        k = apply_rope(jnp.einsum("btd,dkh->btkh", y, w(self.k_proj)), cos, sin)
-        v = jnp.einsum("btd,dkh->btkh", y, w(self.v_proj))
+        y = rms_norm(x, w(self.attn_norm), cfg.rms_norm_eps)
+        q = checkpoint_name(jnp.einsum("btd,dnh->btnh", y, w(self.q_proj)), "query")
+        k = checkpoint_name(jnp.einsum("btd,dkh->btkh", y, w(self.k_proj)), "key")
+        v = checkpoint_name(jnp.einsum("btd,dkh->btkh", y, w(self.v_proj)), "value")
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         keys, values = k, v
-        if prefix_kv is not None:
-            keys = jnp.concatenate([prefix_kv[0].astype(dt), k], axis=1)
-            values = jnp.concatenate([prefix_kv[1].astype(dt), v], axis=1)
-        attn = jax.nn.dot_product_attention(
-            q, keys, values,
-            mask=attn_mask,
-            scale=cfg.head_dim ** -0.5,
-            is_causal=cfg.causal and prefix_kv is None,
-            implementation=None if cfg.attention == "auto" else cfg.attention,
-        )
-        x = x + jnp.einsum("btnh,nhd->btd", attn, w(self.attn_out))
-        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        if cache_kv is not None:
+            keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(dt), k, window_start, axis=1)
+            values = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(dt), v, window_start, axis=1)
+        q_ids, kv_ids, kv_lengths = segments
+        mixed = attention(q, keys, values, q_segment_ids=q_ids, kv_segment_ids=kv_ids,
+                          causal=cfg.causal, implementation=cfg.attention, scale=cfg.head_dim ** -0.5,
+                          kv_lengths=kv_lengths if cache_kv is None else None, block_size=cfg.attention_block)
+        mixed = checkpoint_name(mixed, "attn_mixed")
+        attn = checkpoint_name(jnp.einsum("btnh,nhd->btd", mixed, w(self.attn_out)), "attn_output")
+        x = sharding.constrain(x + attn, ("batch", "length", "act_embed"))
 
-        y = rms_norm(x, self.ff_norm[...], cfg.rms_norm_eps)
-        gate = jnp.einsum("btd,df->btf", y, w(self.ff_proj))
-        up = jnp.einsum("btd,df->btf", y, w(self.up_proj))
+        y = rms_norm(x, w(self.ff_norm), cfg.rms_norm_eps)
+        gate = checkpoint_name(jnp.einsum("btd,df->btf", y, w(self.ff_proj)), "mlp_gate")
+        up = checkpoint_name(jnp.einsum("btd,df->btf", y, w(self.up_proj)), "mlp_up")
         hidden = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-        x = x + jnp.einsum("btf,fd->btd", hidden, w(self.ff_out))
-        return sharding.constrain(x, ("batch", "length", "act_embed")), (k, v)
+        out = checkpoint_name(jnp.einsum("btf,fd->btd", hidden, w(self.ff_out)), "mlp_output")
+        return sharding.constrain(x + out, ("batch", "length", "act_embed")), (k, v)
 
 
 class Transformer(nnx.Module):
@@ -124,49 +200,68 @@ class Transformer(nnx.Module):
             self.ff_out = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, pdt, ("embed", "vocab"))
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, *, prefix_kv=None, prefix_segment_ids=None,
-                 return_kv: bool = False):
+                 segment_ids: jax.Array | None = None, *, cache_kv=None, cache_segment_ids=None,
+                 window_start=None, return_kv: bool = False, lengths: jax.Array | None = None):
         """tokens [B, T] -> float32 logits [B, T, V].
 
         `segment_ids` (packed documents or padding) restrict attention to equal ids; positions default to
-        0..T-1. Sampler extras: `return_kv` also returns every layer's keys/values ([layers, B, T, K, H] each);
-        `prefix_kv` (such a pair for earlier positions, with `prefix_segment_ids`) lets `tokens` attend to a
-        cached prefix without recomputing it.
+        0..T-1. `lengths` [B] may promise that segment_ids are just "1 before lengths, 0 after" (lets cuDNN use
+        sequence lengths). Sampler extras: `return_kv` also returns every layer's keys/values ([layers, B, T,
+        K, H] each); `cache_kv` (such a pair for a whole sequence, with its `cache_segment_ids`) makes `tokens`
+        the window of that sequence starting at column `window_start` (traced): only the window is recomputed,
+        its keys and values replace the cached ones there, and it attends to the whole sequence.
         """
+        x, kv = self.hidden_states(tokens, positions, segment_ids, cache_kv=cache_kv,
+                                   cache_segment_ids=cache_segment_ids, window_start=window_start, lengths=lengths)
+        logits = project(x, self.ff_out[...])
+        return (logits, kv) if return_kv else logits
+
+    def head(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+             lengths: jax.Array | None = None) -> HeadOutput:
+        """The training output: final hidden states plus head weight; losses compute logits chunk by chunk."""
+        x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths)
+        # the f32 weight goes in (cast per chunk), so its gradient is summed over chunks in f32
+        return HeadOutput(x, self.ff_out[...], self.cfg.loss_chunk_tokens)
+
+    def hidden_states(self, tokens, positions=None, segment_ids=None, *, cache_kv=None, cache_segment_ids=None,
+                      window_start=None, lengths=None):
+        """tokens [B, T] -> (final RMS-normed hidden states [B, T, d] in the compute dtype, per-layer (k, v))."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        attn_mask = None
-        if segment_ids is not None:
-            key_ids = segment_ids if prefix_kv is None else jnp.concatenate([prefix_segment_ids, segment_ids], axis=1)
-            attn_mask = (segment_ids[:, :, None] == key_ids[:, None, :])[:, None, :, :]
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+            lengths = jnp.full(tokens.shape[:1], tokens.shape[1]) if lengths is None else lengths
+        if cache_kv is not None and cache_segment_ids is None:
+            cache_segment_ids = jnp.ones(cache_kv[0].shape[1:3], segment_ids.dtype)
+        key_ids = segment_ids if cache_kv is None else cache_segment_ids
+        segments = (segment_ids, key_ids, lengths)
 
-        x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)
+        # Params are cast to the compute dtype once, outside the layer loop (and before FSDP gathers them).
+        cast = lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+        x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)  # gather first: the table's gradient stays f32
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
 
         graphdef, stacked = nnx.split(self.blocks)
+        stacked = jax.tree.map(cast, stacked)
 
         def layer(x, xs):
-            layer_state, layer_prefix = xs
-            return nnx.merge(graphdef, layer_state)(x, cos, sin, attn_mask, layer_prefix)
+            layer_state, layer_cache = xs
+            return nnx.merge(graphdef, layer_state)(x, cos, sin, segments, layer_cache, window_start)
 
         if cfg.remat != "none":
-            layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+            layer = jax.checkpoint(layer, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            x, kv = jax.lax.scan(layer, x, (stacked, prefix_kv))
+            x, kv = jax.lax.scan(layer, x, (stacked, cache_kv))
         else:
             per_layer = []
             for i in range(cfg.n_layers):
-                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, prefix_kv)))
+                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, cache_kv)))
                 per_layer.append(layer_kv)
             kv = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
-
-        x = rms_norm(x, self.ln_f[...], cfg.rms_norm_eps)
-        logits = jnp.einsum("btd,dv->btv", x, self.ff_out[...].astype(dt))
-        logits = sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-        return (logits, kv) if return_kv else logits
+        return rms_norm(x, cast(self.ln_f[...]), cfg.rms_norm_eps), kv
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:
@@ -186,6 +281,11 @@ def apply(graphdef, params, tokens, positions=None, segment_ids=None, **cache_ar
     """Pure forward pass: params (a pure dict, f32) and tokens in, float32 logits out (see Transformer.__call__
     for the sampler's KV-cache arguments)."""
     return nnx.merge(graphdef, params)(tokens, positions, segment_ids, **cache_args)
+
+
+def apply_head(graphdef, params, tokens, positions=None, segment_ids=None, lengths=None) -> HeadOutput:
+    """Pure forward pass for training losses: a HeadOutput (hidden states + head) instead of [B, T, V] logits."""
+    return nnx.merge(graphdef, params).head(tokens, positions, segment_ids, lengths)
 
 
 def init_params(cfg: ModelConfig, seed: int):

@@ -114,7 +114,7 @@ def compute_loss(graphdef, config, params, batch, key):
     valid, segment_ids = _valid_positions(config, batch, key_len)
 
     if t.objective == "ar":
-        logits = model_lib.apply(graphdef, params, tokens, segment_ids=segment_ids)
+        logits = model_lib.apply_head(graphdef, params, tokens, segment_ids=segment_ids)
         total, weight, aux = diffusion.ar_loss(logits, tokens, valid)
         return total, {**aux, "loss_weight": weight}
 
@@ -123,7 +123,10 @@ def compute_loss(graphdef, config, params, batch, key):
         maskable = valid & ~batch["prompt_mask"]
     noisy, masked, p = diffusion.forward_process(key_mask, tokens, m.mask_token_id, t.mask_eps, maskable,
                                                  t=batch.get("t"))
-    logits = model_lib.apply(graphdef, params, noisy, segment_ids=segment_ids)
+    # valid is a prefix of each row unless rows are packed documents: then attention may use lengths
+    packed = "segment_ids" in batch and t.objective != "sft"
+    logits = model_lib.apply_head(graphdef, params, noisy, segment_ids=segment_ids,
+                                  lengths=None if packed else jnp.sum(valid, axis=-1))
     if t.objective == "sft":
         total, weight, aux = diffusion.sft_loss(logits, tokens, masked, p, maskable)
     else:  # normalised by each row's real tokens (first_fit rows end in padding)

@@ -1,0 +1,231 @@
+"""Attention kernels by backend, behind one function: training, sampling and scoring all call `attention`.
+
+Dense attention materialises [batch, heads, q_len, kv_len] scores (and their float32 softmax for the backward
+pass), which dominates memory at long sequences. So:
+
+- "cudnn"     (GPU): the cuDNN flash kernel of jax.nn.dot_product_attention; with `kv_lengths` (rows that are
+              a valid prefix plus padding) it gets sequence lengths instead of a dense mask, which lets cuDNN
+              pick its large-tile kernels.
+- "splash"    (TPU): the Pallas splash-attention kernel with segment ids, run per shard under shard_map.
+- "blockwise" (anywhere): pure JAX online softmax over key blocks with a hand-written backward pass that
+              recomputes each block, so neither direction keeps more than [batch, heads, q_len, block] scores.
+- "xla"       the dense reference (jax.nn.dot_product_attention with a boolean mask); tests compare to it.
+
+"auto" picks cudnn on GPU, splash on TPU and blockwise elsewhere. Masking rule everywhere: query i sees key j
+iff their segment ids are equal (and j <= i + kv_len - q_len when causal). Segment 0 is padding; padding
+rows attend among themselves, so no row is ever empty.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "blockwise")
+_NEG = -1e30  # finite "minus infinity": exp(_NEG - m) underflows to 0 without inf - inf = nan
+
+
+def target_platform() -> str:
+    """The platform being compiled for: the mesh context's devices (a TPU topology during ahead-of-time
+    compiles from a CPU host), else the default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
+def resolve(implementation: str, q_len: int, kv_len: int, head_dim: int, platform: str | None = None) -> str:
+    """The kernel that will run for a requested implementation on this backend and these shapes."""
+    platform = platform or target_platform()
+    if implementation == "auto":
+        implementation = {"gpu": "cudnn", "tpu": "splash"}.get(platform, "blockwise")
+    if implementation == "splash" and (q_len != kv_len or q_len % 128):
+        return "blockwise"  # the kernel tiles by 128 and wants self-attention (no cached prefix)
+    if implementation == "cudnn" and (platform != "gpu" or head_dim > 128 or head_dim % 8):
+        return "blockwise"
+    return implementation
+
+
+def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool = False, implementation: str = "auto",
+              scale: float | None = None, kv_lengths=None, block_size: int = 512):
+    """q [B, T, N, H], k/v [B, S, K, H] (N a multiple of K) -> [B, T, N, H] in q's dtype.
+
+    Segment ids are int [B, T] / [B, S]. `kv_lengths` [B] is an optional promise that every row's segments
+    are 1 for the first kv_lengths positions and 0 after (no packing), which the cuDNN path can exploit.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    impl = resolve(implementation, q.shape[1], k.shape[1], q.shape[-1])
+    if impl == "xla":
+        return reference_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale)
+    if impl == "cudnn":
+        return _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, kv_lengths)
+    if impl == "splash":
+        return splash_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale)
+    return blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, block_size)
+
+
+def _allowed(q_seg, kv_seg, causal: bool, kv_offset=0):
+    """[B, T, S] boolean: equal segments, and key position <= query position + offset when causal."""
+    ok = q_seg[:, :, None] == kv_seg[:, None, :]
+    if causal:
+        t, s = q_seg.shape[1], kv_seg.shape[1]
+        q_pos = jnp.arange(t)[:, None] + (s - t)
+        k_pos = jnp.arange(s)[None, :] + kv_offset
+        ok = ok & (k_pos <= q_pos)[None]
+    return ok
+
+
+def reference_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale):
+    """Dense XLA attention: the definition the other kernels must match."""
+    mask = _allowed(q_segment_ids, kv_segment_ids, causal)[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+
+
+def _cudnn_attention(q, k, v, q_seg, kv_seg, causal, scale, kv_lengths):
+    if kv_lengths is not None and q.shape[1] == k.shape[1]:
+        lengths = kv_lengths.astype(jnp.int32)
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal, query_seq_lengths=lengths,
+                                            key_value_seq_lengths=lengths, implementation="cudnn")
+    mask = _allowed(q_seg, kv_seg, causal)[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+
+
+# ---------------------------------------------------------------- blockwise (pure JAX, flash-style backward)
+
+def _kv_blocks(x, block):
+    """[B, S, ...] -> [S / block, B, block, ...] (S already a multiple of block)."""
+    b, s = x.shape[:2]
+    return jnp.moveaxis(x.reshape((b, s // block, block) + x.shape[2:]), 1, 0)
+
+
+def _pad_kv(k, v, kv_seg, block):
+    """Pads keys to a multiple of the block; padded keys get segment -1, which no query has."""
+    s = k.shape[1]
+    block = min(block, s)
+    pad = -s % block
+    if pad:
+        k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        kv_seg = jnp.pad(kv_seg, ((0, 0), (0, pad)), constant_values=-1)
+    return k, v, kv_seg, block
+
+
+def _block_scores(qg, kb, q_seg, seg_b, start, causal, scale, q_offset):
+    """Masked float32 scores [B, K, G, T, block] of grouped queries qg [B, T, K, G, H] against one key block."""
+    s = jnp.einsum("btkgh,bskh->bkgts", qg, kb, preferred_element_type=jnp.float32) * scale
+    ok = q_seg[:, :, None] == seg_b[:, None, :]
+    if causal:
+        q_pos = jnp.arange(q_seg.shape[1])[:, None] + q_offset
+        ok = ok & ((start + jnp.arange(seg_b.shape[1]))[None, :] <= q_pos)[None]
+    return jnp.where(ok[:, None, None], s, _NEG), ok[:, None, None]
+
+
+def _blockwise_forward(qg, k, v, q_seg, kv_seg, causal, scale, block, q_offset):
+    """(out [B, T, K, G, H] float32, logsumexp [B, K, G, T])."""
+    b, t, nk, g, h = qg.shape
+    m0 = jnp.full((b, nk, g, t), _NEG, jnp.float32)
+    acc0 = jnp.zeros((b, nk, g, t, h), jnp.float32)
+
+    def step(carry, xs):
+        m, l, acc = carry
+        kb, vb, seg_b, start = xs
+        s, ok = _block_scores(qg, kb, q_seg, seg_b, start, causal, scale, q_offset)
+        m_new = jnp.maximum(m, s.max(-1))
+        p = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
+        corr = jnp.exp(m - m_new)
+        pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+        return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv), None
+
+    starts = jnp.arange(k.shape[1] // block) * block
+    xs = (_kv_blocks(k, block), _kv_blocks(v, block), _kv_blocks(kv_seg, block), starts)
+    (m, l, acc), _ = jax.lax.scan(step, (m0, jnp.zeros_like(m0), acc0), xs)
+    out = acc / l[..., None]
+    return jnp.moveaxis(out, 3, 1), m + jnp.log(l)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _blockwise(qg, k, v, q_seg, kv_seg, causal, scale, block, q_offset):
+    out, _ = _blockwise_forward(qg, k, v, q_seg, kv_seg, causal, scale, block, q_offset)
+    return out.astype(qg.dtype)
+
+
+def _blockwise_fwd(qg, k, v, q_seg, kv_seg, causal, scale, block, q_offset):
+    out, lse = _blockwise_forward(qg, k, v, q_seg, kv_seg, causal, scale, block, q_offset)
+    out = out.astype(qg.dtype)
+    return out, (qg, k, v, q_seg, kv_seg, out, lse)
+
+
+def _blockwise_bwd(causal, scale, block, q_offset, res, d_out):
+    """Flash backward: per key block recompute p, then dv = p^T do, ds = p (do v^T - rowsum(do o)), dq += ds k."""
+    qg, k, v, q_seg, kv_seg, out, lse = res
+    d_out_t = jnp.moveaxis(d_out, 1, 3).astype(jnp.float32)  # [B, K, G, T, H]
+    delta = jnp.sum(d_out_t * jnp.moveaxis(out, 1, 3).astype(jnp.float32), axis=-1)
+
+    def step(dq, xs):
+        kb, vb, seg_b, start = xs
+        s, ok = _block_scores(qg, kb, q_seg, seg_b, start, causal, scale, q_offset)
+        p = jnp.where(ok, jnp.exp(s - lse[..., None]), 0.0)
+        dv = jnp.einsum("bkgts,bkgth->bskh", p, d_out_t)
+        dp = jnp.einsum("bkgth,bskh->bkgts", d_out_t, vb.astype(jnp.float32))
+        ds = p * (dp - delta[..., None]) * scale
+        dq = dq + jnp.einsum("bkgts,bskh->btkgh", ds, kb.astype(jnp.float32))
+        dk = jnp.einsum("bkgts,btkgh->bskh", ds, qg.astype(jnp.float32))
+        return dq, (dk.astype(kb.dtype), dv.astype(vb.dtype))
+
+    starts = jnp.arange(k.shape[1] // block) * block
+    xs = (_kv_blocks(k, block), _kv_blocks(v, block), _kv_blocks(kv_seg, block), starts)
+    dq, (dk, dv) = jax.lax.scan(step, jnp.zeros(qg.shape, jnp.float32), xs)
+    unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(k.shape)  # noqa: E731
+    return dq.astype(qg.dtype), unblock(dk), unblock(dv), None, None
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, block_size=512):
+    """Online-softmax attention over key blocks of `block_size`; memory O(T * block) in both directions."""
+    b, t, n, h = q.shape
+    s, nk = k.shape[1], k.shape[2]
+    k, v, kv_seg, block = _pad_kv(k, v, kv_segment_ids, block_size)
+    qg = q.reshape(b, t, nk, n // nk, h)
+    out = _blockwise(qg, k, v, q_segment_ids, kv_seg, causal, float(scale), block, s - t)
+    return out.reshape(b, t, n, h)
+
+
+# ---------------------------------------------------------------- splash (Pallas, TPU; interpret mode elsewhere)
+
+def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, interpret: bool | None = None):
+    """Pallas splash attention, one kernel call per (batch, heads) shard: shard_map splits batch and heads as
+    the mesh rules say, so the kernel never sees a gathered array. Needs q_len == kv_len, a multiple of 128."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    from llada_jax import sharding
+
+    b, t, n, h = q.shape
+    if interpret is None:
+        interpret = target_platform() != "tpu"
+    if k.shape[2] != n:  # grouped-query attention: give every query head its own copy of the shared head
+        k, v = (jnp.repeat(x, n // k.shape[2], axis=2) for x in (k, v))
+    block = 512 if t % 512 == 0 else 256 if t % 256 == 0 else 128
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+
+    def per_shard(q, k, v, q_seg, kv_seg):
+        heads = q.shape[2]
+        base = splash.CausalMask((t, t)) if causal else splash.FullMask((t, t))
+        kernel = splash.make_splash_mha(splash.MultiHeadMask([base] * heads), block_sizes=sizes,
+                                        head_shards=1, q_seq_shards=1, interpret=interpret)
+        heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [B, T, N, H] -> [B, N, T, H]
+        run = lambda qq, kk, vv, qs, ks: kernel(qq, kk, vv, segment_ids=splash.SegmentIds(q=qs, kv=ks))  # noqa: E731
+        out = jax.vmap(run)(heads_first(q * scale), heads_first(k), heads_first(v), q_seg, kv_seg)
+        return heads_first(out)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return per_shard(q, k, v, q_segment_ids, kv_segment_ids)
+    qkv_spec = sharding.logical_to_spec(("batch", "length", "heads", "head_dim"), q.shape, mesh)
+    seg_spec = sharding.logical_to_spec(("batch", "length"), q_segment_ids.shape, mesh)
+    seg_spec = jax.sharding.PartitionSpec(qkv_spec[0], *seg_spec[1:])
+    return jax.shard_map(per_shard, mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec,) * 2,
+                         out_specs=qkv_spec, check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
+
