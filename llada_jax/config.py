@@ -139,10 +139,12 @@ def _parse_like(raw: str, old):
     return value
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
-    """Raises ConfigError with one sentence for the first invalid value found."""
-    from llada_jax import sharding  # local import: sharding imports jax, config must stay light
+def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Raises ConfigError with one sentence for the first invalid value found.
 
+    Without `device_count` only the fields are checked, not the mesh: that needs no JAX, so the CLI reports a
+    bad value before the heavy imports (in well under a second).
+    """
     m = config.model
     mc = ModelConfig.from_config(m)
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
@@ -211,6 +213,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             raise ConfigError(f"optimizer.{name}={o[name]} must be in [0, 1)")
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise ConfigError("optimizer.grad_clip and optimizer.weight_decay must be >= 0")
+
+    if device_count is None:
+        return
+    from llada_jax import sharding  # local import: sharding imports jax, config must stay light
 
     shape = sharding.mesh_shape(config.mesh, device_count)
     batch_shards = shape["data"] * shape["fsdp"]

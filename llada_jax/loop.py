@@ -17,6 +17,7 @@ from llada_jax import checkpoint, sharding
 from llada_jax.config import validate
 from llada_jax.data import pipeline
 from llada_jax.metrics import MetricsWriter
+from llada_jax.progress import Progress, fmt_time
 from llada_jax.preemption import PreemptionWatcher
 from llada_jax.train import Trainer
 
@@ -25,9 +26,15 @@ def count_params(abstract_params) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params)))
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+def progress_line(record: dict, t_cfg, eta: str, ar: bool) -> str:
+    """The console line; the AR baseline's loss is a next-token NLL, not the masked-diffusion bound."""
+    tok_s = record["tokens_per_s"]
+    return (f"step {record['step']}/{t_cfg.steps} | {'NLL' if ar else 'loss'} {record['loss']:.4f} | "
+            f"{'next-token' if ar else 'masked'} acc {record['masked_accuracy']:.3f} | grad norm "
+            f"{record['grad_norm']:.3f} | lr {record['lr']:.2e} | "
+            + (f"{tok_s:,.0f} tok/s" if math.isfinite(tok_s) else "- tok/s") + f" | ETA {eta}"
+            + (f" | eval {record['eval_loss']:.4f}" if "eval_loss" in record else "")
+            + (f" | skipped {record['skipped_total']}" if record["skipped_total"] else ""))
 
 
 def build_data(config):
@@ -62,6 +69,11 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
         state, meta = ckpt.restore(trainer.sharded_abstract_state())
         batches.set_state(meta["data"])
         log.print(f"resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}")
+        changes = checkpoint.schedule_changes(checkpoint.read_config(ckpt.directory / str(int(state.step))), config)
+        if changes:
+            log.print(f"note: the schedule differs from the checkpoint's ({', '.join(changes)}); training continues "
+                      f"from step {int(state.step)} under the new one. To start fresh, use a new --workdir or delete "
+                      f"{ckpt.directory}")
     elif t_cfg.init_from:
         params, _ = checkpoint.load_params(t_cfg.init_from, mesh, config)
         state = trainer.state_from_params(params)
@@ -72,6 +84,7 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
 
     watcher = PreemptionWatcher()
     tokens_per_step = t_cfg.global_batch_size * t_cfg.seq_len
+    progress = Progress(t_cfg.steps, start=start_step)
     start = last_time = time.perf_counter()
     last_step, skipped_in_a_row, skipped_total, ckpt_block_s = start_step, 0, 0, 0.0
     previous_skipped = None  # read one step late so the host never waits for the step it just queued
@@ -80,7 +93,13 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
     try:
         for step in range(start_step, t_cfg.steps):
             batch = sharding.global_batch(next(batches), mesh)
-            state, metrics = trainer.step(state, batch)
+            if step == start_step:
+                log.print("compiling the train step (the first step waits for it) ...")
+                state, metrics = jax.block_until_ready(trainer.step(state, batch))
+                log.print(f"compiled and ran step {step + 1} in {time.perf_counter() - start:.1f} s")
+                last_time, last_step = time.perf_counter(), step + 1  # tokens/s counts steps after compiling
+            else:
+                state, metrics = trainer.step(state, batch)
             done = step + 1
             is_last = done == t_cfg.steps
 
@@ -94,23 +113,21 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
                     )
             previous_skipped = metrics["skipped"]
 
-            if done % t_cfg.log_every == 0 or is_last:
+            logged = done % t_cfg.log_every == 0 or is_last
+            if progress.due(done, force=logged):  # the console hears from the run every few seconds
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
-                tok_s = (done - last_step) * tokens_per_step / (now - last_time)
-                last_time, last_step = now, done
-                eta = (t_cfg.steps - done) * tokens_per_step / max(tok_s, 1e-9)
+                tok_s = math.nan
+                if done > last_step:
+                    tok_s = (done - last_step) * tokens_per_step / (now - last_time)
+                    last_time, last_step = now, done
                 record = {"step": done, **metrics, "lr": float(trainer.schedule(done - 1)), "tokens_per_s": tok_s,
                           "skipped_total": skipped_total, "checkpoint_block_s": ckpt_block_s}
-                if t_cfg.eval_every and done % t_cfg.eval_every == 0 and not is_last:
+                if logged and t_cfg.eval_every and done % t_cfg.eval_every == 0 and not is_last:
                     record["eval_loss"] = trainer.evaluate(state.params, eval_sets)
-                log.write(record)
-                log.print(
-                    f"step {done}/{t_cfg.steps} | loss {metrics['loss']:.4f} | masked acc {metrics['masked_accuracy']:.3f}"
-                    f" | grad norm {metrics['grad_norm']:.3f} | lr {record['lr']:.2e} | {tok_s:,.0f} tok/s"
-                    f" | ETA {_fmt_time(eta)}" + (f" | eval {record['eval_loss']:.4f}" if "eval_loss" in record else "")
-                    + (f" | skipped {skipped_total}" if skipped_total else "")
-                )
+                if logged:
+                    log.write(record)
+                log.print(progress_line(record, t_cfg, progress.eta(), ar=t_cfg.objective == "ar"))
 
             if watcher.should_stop(done):
                 stopped_early = f"received {watcher.signal_name or 'a preemption notice'}"
@@ -143,8 +160,11 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) 
     log.close()
     checkpoint.save_params(workdir / "params", state.params, config, overwrite=True)
     log.print(
-        f"done in {_fmt_time(summary['wall_s'])}: eval loss {eval_loss:.4f} nats/token (ELBO bound) vs. unigram "
-        f"entropy {info['unigram_entropy']:.4f}; masked-token accuracy {summary['masked_accuracy']:.3f}; "
+        f"done in {fmt_time(summary['wall_s'])}: "
+        + (f"eval loss {eval_loss:.4f} nats/token ({'NLL' if t_cfg.objective == 'ar' else 'ELBO bound'})"
+           if eval_sets else "no eval loss (the eval split is empty: the corpus is too small)")
+        + f" vs. unigram entropy {info['unigram_entropy']:.4f}; "
+        + f"{'next-token' if t_cfg.objective == 'ar' else 'masked-token'} accuracy {summary['masked_accuracy']:.3f}; "
         f"params saved to {workdir / 'params'}"
     )
     return summary

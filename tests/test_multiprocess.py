@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from llada_jax import checkpoint
 
@@ -62,6 +63,7 @@ def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=(
     return sorted(results, key=lambda r: r["process"])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     (single,) = launch(tmp_path, tmp_path / "single", 0, n_processes=1, devices_each=8)
     assert single["devices"] == 8 and single["processes"] == 1
@@ -86,6 +88,7 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_as_two_slices_over_dcn(tmp_path):
     """mesh.dcn_data=2: the data axis spans the two processes (standing in for slices), fsdp=4 stays inside
     each; the hybrid mesh must train the same model as one process."""

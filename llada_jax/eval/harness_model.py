@@ -1,0 +1,190 @@
+"""The lm-evaluation-harness model `llada_jax`: any checkpoint `llada-jax sample` accepts, scored in batches.
+
+The official harness class handles one request at a time (mc_num / batch_size forward passes per answer).
+Here every request type is batched across requests and sharded over the checkpoint's mesh:
+- loglikelihood: `likelihood.batched_log_likelihoods` (Monte Carlo rows of many requests per pass; one-token
+  answers exact in one row); the greedy flag, when asked, by batched greedy decoding of the answer span.
+- generate_until: `sampling.generate` on batches of left-padded prompts, cut at EOS and at the stop strings.
+- loglikelihood_rolling: the ELBO of the whole text (windows of max_seq_len scored with an empty prompt),
+  which the official class does not offer.
+All processes of a multi-host run see every request (the harness is deterministic); each pass is split over
+the mesh, each process feeds its share of it, and every process gets all results (process 0 reports).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from llada_jax import likelihood, sampling
+from llada_jax.eval import requests as req_lib
+from llada_jax.eval.progress import Progress
+from llada_jax.eval.settings import EvalSettings, parse_value
+
+HARNESS_ARGS = ("batch_size", "max_batch_size", "device")  # lm_eval passes these to every model; unused here
+PROMPT_BUCKET = 32  # prompt widths are rounded up to this, so decoding compiles once per bucket
+
+
+@register_model("llada_jax")
+class LladaJaxLM(LM):
+    """lm_eval model: `--model=llada_jax --model_args=checkpoint=DIR,cfg_scale=0.5,mc_num=128,...`."""
+
+    def __init__(self, checkpoint: str, mesh_overrides=(), **settings):
+        super().__init__()
+        from llada_jax import checkpoint as ckpt
+        from llada_jax.cli.sample import inference_mesh
+        from llada_jax.data.vocab import get_vocabulary
+
+        given = {k: parse_value(k, v) for k, v in settings.items() if k not in HARNESS_ARGS}
+        self.settings = EvalSettings(**given).check()
+        self.mesh = inference_mesh(checkpoint, list(mesh_overrides))
+        self.graphdef, self.params, self.config = ckpt.load_model(checkpoint, self.mesh)
+        self.vocab = get_vocabulary(self.config)
+        self.max_len = self.config.model.max_seq_len
+        self.mask_id = self.config.model.mask_token_id
+        self._rank = jax.process_index()  # the harness writes results on rank 0; world_size stays 1
+
+    def _progress(self, label, total, n_requests):
+        return Progress(label, total, n_requests, enabled=self._rank == 0)
+
+    # --- loglikelihood ----------------------------------------------------------------------------------------
+
+    def _check_length(self, prompt, answer, what):
+        from llada_jax.config import ConfigError
+
+        if len(prompt) + len(answer) > self.max_len:
+            raise ConfigError(f"a {what} request has {len(prompt) + len(answer)} tokens, more than the model's "
+                              f"max_seq_len={self.max_len}; lower --num-fewshot or evaluate a longer-context model")
+
+    def score_pairs(self, pairs, contexts, label):
+        """[(log-likelihood, stderr)] of (prompt ids, answer ids) pairs keyed by their context strings."""
+        s = self.settings
+        rows = sum(1 if len(a) == 1 else max(s.mc_num // s.mc_batch_size, 1) * s.mc_batch_size for _, a in pairs)
+        progress = self._progress(label, rows, len(pairs))
+        return likelihood.batched_log_likelihoods(
+            self.graphdef, self.params, pairs, req_lib.request_keys(contexts, s.seed), mask_id=self.mask_id,
+            mc_num=s.mc_num, batch_size=s.mc_batch_size, cfg_scale=s.cfg_scale, estimator=s.estimator,
+            rows_per_pass=s.rows_per_pass, mesh=self.mesh, progress=lambda done, _: progress.update(done))
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        pairs, contexts = [], []
+        for request in requests:
+            context, continuation = request.args[:2]
+            prompt, answer = req_lib.encode_pair(self.vocab, context, continuation)
+            self._check_length(prompt, answer, "loglikelihood")
+            pairs.append((prompt, answer))
+            contexts.append(context)
+        scored = [i for i, (_, a) in enumerate(pairs) if a]
+        values = self.score_pairs([pairs[i] for i in scored], [contexts[i] for i in scored], "loglikelihood")
+        lls = [0.0] * len(pairs)
+        for i, (ll, _) in zip(scored, values):
+            lls[i] = ll
+        greedy = self.greedy_matches(pairs) if self.settings.check_greedy else [False] * len(pairs)
+        return [(ll, bool(g)) for ll, g in zip(lls, greedy)]
+
+    def greedy_matches(self, pairs):
+        """Whether revealing the answer span one most-confident token at a time reproduces it (the official
+        suffix_greedy_prediction), decoded in batches of equal answer length."""
+        out = [False] * len(pairs)
+        by_length: dict[int, list[int]] = {}
+        for i, (_, answer) in enumerate(pairs):
+            if answer:
+                by_length.setdefault(len(answer), []).append(i)
+        for length, indices in sorted(by_length.items()):
+            prompts = [pairs[i][0] for i in indices]
+            decoded = self.decode_batches(prompts, length, length, length, temperature=0.0,
+                                          remasking="low_confidence", threshold=None, kv_cache=False, eos=False)
+            for i, tokens in zip(indices, decoded):
+                out[i] = list(tokens) == list(pairs[i][1])
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        texts = [request.args[0] for request in requests]
+        pairs, contexts, owner = [], [], []
+        for n, text in enumerate(texts):
+            for w, window in enumerate(req_lib.rolling_windows(self.vocab.encode(text), self.max_len)):
+                pairs.append(([], window))
+                contexts.append(f"{n}:{w}:{text}")
+                owner.append(n)
+        totals = [0.0] * len(texts)
+        for n, (ll, _) in zip(owner, self.score_pairs(pairs, contexts, "loglikelihood_rolling")):
+            totals[n] += ll
+        return totals
+
+    # --- generate_until ---------------------------------------------------------------------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        from llada_jax.config import ConfigError
+
+        s = self.settings
+        if s.gen_length >= self.max_len:
+            raise ConfigError(f"gen_length={s.gen_length} leaves no room for a prompt in the model's "
+                              f"max_seq_len={self.max_len}; pass a smaller --gen-length")
+        prompts, stops = [], []
+        for request in requests:
+            context, gen_kwargs = request.args[:2]
+            until = (gen_kwargs or {}).get("until") or []
+            stops.append([until] if isinstance(until, str) else list(until))
+            prompts.append(self.vocab.encode(context)[-(self.max_len - s.gen_length):])
+        decoded = self.decode_batches(prompts, s.gen_length, s.steps, s.block_length, temperature=s.temperature,
+                                      remasking=s.remasking, threshold=s.threshold, kv_cache=s.kv_cache, eos=True,
+                                      label="generate_until")
+        return [req_lib.cut_at_stops(self.vocab.decode(tokens), stop) for tokens, stop in zip(decoded, stops)]
+
+    def decode_batches(self, prompts, gen_length, steps, block_length, *, temperature, remasking, threshold,
+                       kv_cache, eos, label=None):
+        """Generated ids (cropped at EOS when `eos`) for each prompt, decoded gen_batch_size at a time,
+        prompts sorted by length so a batch shares its padded width."""
+        s = self.settings
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        per_batch = -(-s.gen_batch_size // self._batch_multiple()) * self._batch_multiple()
+        progress = self._progress(label, len(prompts), len(prompts)) if label else None
+        out = [None] * len(prompts)
+        eos_id = self.vocab.eos_id if eos else None
+        for start in range(0, len(order), per_batch):
+            chunk = order[start:start + per_batch]
+            batch = [prompts[i] for i in chunk] + [prompts[chunk[0]]] * (per_batch - len(chunk))
+            width = -(-max(len(p) for p in batch) // PROMPT_BUCKET) * PROMPT_BUCKET
+            width = min(width, self.max_len - gen_length)
+            ids, valid = sampling.left_pad(batch, self.vocab.pad_id)
+            ids, valid = _widen(np.asarray(ids), np.asarray(valid), width, self.vocab.pad_id)
+            tokens = self._generate(ids, valid, gen_length, steps, block_length, temperature, remasking,
+                                    threshold, kv_cache, eos_id)
+            for i, row in zip(chunk, tokens):
+                generated = row[ids.shape[1]:]
+                out[i] = sampling.crop_at_eos(generated, eos_id) if eos else [int(t) for t in generated]
+            if progress:
+                progress.update(min(start + per_batch, len(order)))
+        return out
+
+    def _batch_multiple(self) -> int:
+        return likelihood.batch_multiple(self.mesh)
+
+    def _generate(self, ids, valid, gen_length, steps, block_length, temperature, remasking, threshold, kv_cache,
+                  eos_id):
+        """sampling.generate on this process's share of the rows; every process gets all rows back."""
+        from jax.experimental import multihost_utils
+
+        from llada_jax import sharding
+
+        share = ids.shape[0] // jax.process_count()
+        start = jax.process_index() * share
+        local = {"ids": ids[start:start + share], "valid": valid[start:start + share]}
+        with jax.set_mesh(self.mesh):
+            batch = sharding.global_batch(local, self.mesh)
+            tokens, _, _ = sampling.generate(
+                self.graphdef, self.params, batch["ids"], batch["valid"], jax.random.key(self.settings.seed),
+                gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
+                cfg_scale=self.settings.cfg_scale, remasking=remasking, mask_id=self.mask_id, threshold=threshold,
+                kv_cache=kv_cache, eos_id=eos_id)
+        return np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+
+
+def _widen(ids: np.ndarray, valid: np.ndarray, width: int, pad_id: int):
+    """Left-pad [B, P] prompts to `width` columns (P <= width), so batches of similar prompts share a shape."""
+    extra = width - ids.shape[1]
+    if extra <= 0:
+        return ids, valid
+    return (np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad_id),
+            np.pad(valid, ((0, 0), (extra, 0)), constant_values=False))
