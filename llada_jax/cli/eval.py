@@ -73,10 +73,12 @@ def run(args, overrides) -> int:
     from llada_jax.config import ConfigError
 
     try:
-        from llada_jax.eval import runner
+        import lm_eval  # noqa: F401  (the [eval] extra)
     except ImportError as e:
         raise ConfigError(f"llada-jax eval needs lm-evaluation-harness ({e}); "
                           "install it with pip install -e .[eval]") from None
+    from llada_jax.eval import runner
+
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise ConfigError("--tasks is empty; pass comma-separated lm-eval task names")
