@@ -66,5 +66,5 @@ def parse_value(name: str, text: str):
             return float(text)
         return type(default)(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a valid {type(default).__name__ if default is not None else 'float'}")\
-            from None
+        kind = "float" if default is None else type(default).__name__
+        raise ConfigError(f"{name}={text!r} is not a valid {kind}") from None
