@@ -29,7 +29,12 @@ setup(
         "torch": ["torch>=2.4", "transformers>=4.40", "safetensors>=0.4"],
         "sweep": ["matplotlib>=3.7"],  # plots of scaling fits
         "eval": ["lm_eval>=0.4"],  # llada-jax eval: the lm-evaluation-harness model and runner
-        "dev": ["pytest>=8.0", "matplotlib>=3.7"],
+        # TensorBoard event files (written through its light event-file writer, no TensorFlow) and the viewer
+        "tensorboard": ["tensorboard>=2.14"],
+        "dev": ["pytest>=8.0", "matplotlib>=3.7", "tensorboard>=2.14"],
+        # Ahead-of-time TPU compiles from any machine (llada-jax preflight --topology=v5p:4x4x4) and TPU runs.
+        # The libtpu that jax 0.10.2 pins: 0.0.52 also compiles but crashes jax.profiler on CPU hosts.
+        "tpu": ["libtpu==0.0.42.*"],
     },
     entry_points={"console_scripts": ["llada-jax=llada_jax.cli:main"]},
 )

@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     # auto: cudnn on GPU, splash on TPU, blockwise elsewhere | xla (dense reference) | cudnn | splash | blockwise
     c.model.attention = "auto"
     c.model.attention_block = 512  # key positions per block of the blockwise kernel
-    c.model.loss_chunk_len = 512  # positions per chunk of the output head + cross entropy (no [B, T, V] logits)
+    c.model.loss_chunk_tokens = 2048  # tokens per device in one chunk of the output head + CE (never [B, T, V] logits)
     c.model.mask_token_id = 126336
     c.model.eos_token_id = 126081
     c.model.pad_token_id = 126081
@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep_every = 0  # also keep every step that is a multiple of this, permanently (0: none)
     c.checkpoint.async_save = True  # write in the background while training continues
     c.checkpoint.tensorboard = True  # event files under WORKDIR/tensorboard (process 0)
+    # A save (or the wait for one) stuck longer than this ends the process with one sentence, and so does a
+    # run still going this long after SIGTERM/SIGINT (a host stuck in a collective never reaches a step boundary).
+    c.checkpoint.timeout_s = 900.0
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 4e-4

@@ -26,9 +26,17 @@ IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "blockwise")
 _NEG = -1e30  # finite "minus infinity": exp(_NEG - m) underflows to 0 without inf - inf = nan
 
 
+def target_platform() -> str:
+    """The platform being compiled for: the mesh context's devices (a TPU topology during ahead-of-time
+    compiles from a CPU host), else the default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def resolve(implementation: str, q_len: int, kv_len: int, head_dim: int, platform: str | None = None) -> str:
     """The kernel that will run for a requested implementation on this backend and these shapes."""
-    platform = platform or jax.default_backend()
+    platform = platform or target_platform()
     if implementation == "auto":
         implementation = {"gpu": "cudnn", "tpu": "splash"}.get(platform, "blockwise")
     if implementation == "splash" and (q_len != kv_len or q_len % 128):
@@ -195,7 +203,7 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, inte
 
     b, t, n, h = q.shape
     if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+        interpret = target_platform() != "tpu"
     if k.shape[2] != n:  # grouped-query attention: give every query head its own copy of the shared head
         k, v = (jnp.repeat(x, n // k.shape[2], axis=2) for x in (k, v))
     block = 512 if t % 512 == 0 else 256 if t % 256 == 0 else 128

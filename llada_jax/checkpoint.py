@@ -9,18 +9,22 @@ Paths go through etils.epath so `gs://` buckets work like local folders.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from llada_jax import model as model_lib
 from llada_jax import sharding
 from llada_jax.config import ConfigError, ModelConfig
+from llada_jax.preemption import hard_exit
 
 PARAMS_ITEM = "params"
 CONFIG_FILE = "config.json"
@@ -97,6 +101,22 @@ def resolve(directory) -> epath.Path:
     )
 
 
+SCHEDULE_FIELDS = ("train.steps", "train.global_batch_size", "train.seq_len", "train.objective", "optimizer.lr",
+                   "optimizer.schedule", "optimizer.warmup_steps", "optimizer.final_ratio", "optimizer.wsd_drop_at",
+                   "optimizer.wsd_decay_from", "optimizer.wsd_drop_ratio")
+
+
+def schedule_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:
+    """'train.steps 300 -> 1000' for each schedule field a resumed run changes (empty: same schedule)."""
+    changes = []
+    for dotted in SCHEDULE_FIELDS:
+        section, name = dotted.split(".")
+        old, new = saved.get(section, {}).get(name), config[section].get(name)
+        if old is not None and old != new:
+            changes.append(f"{dotted} {old} -> {new}")
+    return changes
+
+
 def check_model_matches(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, where) -> None:
     """Stops with one sentence when a checkpoint's model shape differs from the config's."""
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden"):
@@ -135,14 +155,22 @@ class RunCheckpointer:
     `save` returns after the device-to-host copy; the write to storage continues in the background while
     the step loop runs on (orbax's async checkpointing). Saves happen every `every_steps` steps and/or
     every `every_minutes` minutes, and always when forced (preemption, the last step).
+
+    Orbax's save begins with a barrier across hosts, so every host must decide to save at the same step:
+    the time-based decision is taken on process 0's clock and broadcast (hosts' clocks differ). A save, or the
+    wait for one, that takes longer than `checkpoint.timeout_s` ends the process with one sentence instead
+    of hanging the job.
     """
+
+    clock = staticmethod(time.monotonic)  # the time-based cadence's clock (tests skew it per process)
 
     def __init__(self, workdir, config, *, mesh):
         c = config.checkpoint
         self.config, self.mesh = config, mesh
         self.directory = as_path(workdir) / "checkpoints"
         self.every_steps, self.every_minutes = int(c.every_steps), float(c.every_minutes)
-        self._last_save_time = time.monotonic()
+        self.timeout_s = float(c.get("timeout_s", 900.0))
+        self._last_save_time = self.clock()
         self._check_directory()
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -151,6 +179,7 @@ class RunCheckpointer:
                 max_to_keep=int(c.keep_last) or None,
                 keep_period=int(c.keep_every) or None,
                 enable_async_checkpointing=bool(c.async_save),
+                async_options=ocp.AsyncOptions(timeout_secs=max(int(self.timeout_s), 1)),
                 cleanup_tmp_directories=True,
                 create=True,
             ),
@@ -176,25 +205,28 @@ class RunCheckpointer:
         return self.manager.latest_step()
 
     def due(self, step: int) -> bool:
+        """Whether to save after `step`: the same answer on every host (call it on all of them, every step)."""
         by_steps = self.every_steps > 0 and step % self.every_steps == 0
-        by_time = self.every_minutes > 0 and time.monotonic() - self._last_save_time >= 60 * self.every_minutes
-        return by_steps or by_time
+        if by_steps or self.every_minutes <= 0:
+            return by_steps
+        return agreed_by_process_0(self.clock() - self._last_save_time >= 60 * self.every_minutes)
 
     def save(self, step: int, state, data_state: dict) -> float:
         """Starts (async) or does (sync) a save; returns the seconds the step loop was blocked."""
         start = time.perf_counter()
         meta = {"step": int(step), "data": data_state, "process_count": jax.process_count()}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(**{
-                PARAMS_ITEM: ocp.args.StandardSave(state.params),
-                "opt_state": ocp.args.StandardSave(state.opt_state),
-                "meta": ocp.args.JsonSave(meta),
-                "config": ocp.args.JsonSave(self.config.to_dict()),
-            }),
-            force=True,
-        )
-        self._last_save_time = time.monotonic()
+        with deadline(self.timeout_s, f"the checkpoint save of step {step}"):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(**{
+                    PARAMS_ITEM: ocp.args.StandardSave(state.params),
+                    "opt_state": ocp.args.StandardSave(state.opt_state),
+                    "meta": ocp.args.JsonSave(meta),
+                    "config": ocp.args.JsonSave(self.config.to_dict()),
+                }),
+                force=True,
+            )
+        self._last_save_time = self.clock()
         return time.perf_counter() - start
 
     def restore(self, abstract_state, step=None):
@@ -213,11 +245,37 @@ class RunCheckpointer:
         return state, restored["meta"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with deadline(self.timeout_s, "finishing the checkpoint writes"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+
+def agreed_by_process_0(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (a collective: every process must call it at the same point)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(int(bool(flag)), np.int32)))
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str):
+    """Ends the process with one sentence if the block runs longer than `seconds` (a barrier waiting for a
+    host that never comes cannot be interrupted any other way). The last complete checkpoint stays usable."""
+    timer = threading.Timer(seconds, hard_exit, args=(
+        f"{what} did not finish within checkpoint.timeout_s={seconds:g} s (a host is stuck or the storage does "
+        "not answer); exiting. The last complete checkpoint is intact: rerun to resume, or raise "
+        "--config.checkpoint.timeout_s",))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def load_model(directory, mesh=None):

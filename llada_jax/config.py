@@ -48,7 +48,7 @@ class ModelConfig:
     remat: str = "none"
     attention: str = "auto"
     attention_block: int = 512
-    loss_chunk_len: int = 512
+    loss_chunk_tokens: int = 2048
     mask_token_id: int = 126336
     eos_token_id: int = 126081
     pad_token_id: int = 126081
@@ -139,10 +139,12 @@ def _parse_like(raw: str, old):
     return value
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
-    """Raises ConfigError with one sentence for the first invalid value found."""
-    from llada_jax import sharding  # local import: sharding imports jax, config must stay light
+def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Raises ConfigError with one sentence for the first invalid value found.
 
+    Without `device_count` only the fields are checked, not the mesh: that needs no JAX, so the CLI reports a
+    bad value before the heavy imports (in well under a second).
+    """
     m = config.model
     mc = ModelConfig.from_config(m)
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
@@ -159,9 +161,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         raise ConfigError(f"model.remat={mc.remat!r} is not a known remat policy; use one of {REMAT_POLICIES}")
     if mc.attention not in ATTENTION_IMPLS:
         raise ConfigError(f"model.attention={mc.attention!r} is unknown; use one of {ATTENTION_IMPLS}")
-    for name in ("attention_block", "loss_chunk_len"):
+    for name in ("attention_block", "loss_chunk_tokens"):
         if getattr(mc, name) <= 0:
-            raise ConfigError(f"model.{name}={getattr(mc, name)} must be a positive number of positions")
+            raise ConfigError(f"model.{name}={getattr(mc, name)} must be positive")
     for name in ("dtype", "param_dtype"):
         if getattr(mc, name) not in DTYPES:
             raise ConfigError(f"model.{name}={getattr(mc, name)!r} is not a supported dtype; use one of {DTYPES}")
@@ -194,6 +196,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     if not 0.0 <= t.random_length_fraction <= 1.0:
         raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
 
+    if config.checkpoint.get("timeout_s", 1.0) <= 0:
+        raise ConfigError(f"checkpoint.timeout_s={config.checkpoint.timeout_s} must be positive (seconds a save may "
+                          "take before the run gives up)")
+
     o = config.optimizer
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"optimizer.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}")
@@ -211,6 +217,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             raise ConfigError(f"optimizer.{name}={o[name]} must be in [0, 1)")
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise ConfigError("optimizer.grad_clip and optimizer.weight_decay must be >= 0")
+
+    if device_count is None:
+        return
+    from llada_jax import sharding  # local import: sharding imports jax, config must stay light
 
     shape = sharding.mesh_shape(config.mesh, device_count)
     batch_shards = shape["data"] * shape["fsdp"]

@@ -248,6 +248,7 @@ def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         written.append("model.safetensors.index.json")
     (out / "llada_jax_config.json").write_text(config.to_json(indent=2))  # the full run config, for the way back
+    written.append("llada_jax_config.json")
     if tok_dir is not None:  # tokenizer files (and an official release's modeling code, when that folder is given)
         for f in sorted(tok_dir.iterdir()):
             if f.is_file() and f.name not in _NOT_COPIED and not f.name.endswith((".safetensors", ".bin", ".pt")):

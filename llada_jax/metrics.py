@@ -3,7 +3,9 @@ event files under WORKDIR/tensorboard. Only process 0 writes, so N hosts produce
 from __future__ import annotations
 
 import json
-import logging
+import os
+import socket
+import time
 
 import jax
 from etils import epath
@@ -37,36 +39,41 @@ class MetricsWriter:
             self._tb.close()
 
 
-class _TFSummaryWriter:
-    """TensorBoard scalars through tf.summary (TensorFlow is already installed as a seqio dependency)."""
+class _EventFileWriter:
+    """TensorBoard scalars framed by the `tensorboard` package's record writer: no TensorFlow, no torch.
+
+    tensorboard's own EventFileWriter would import TensorFlow when it is installed (for tf.io.gfile), so the
+    file is opened here and only the record framing and the protos come from the package. The package is
+    optional (`pip install -e ".[tensorboard]"` brings it and the viewer); values are `simple_value`
+    summaries, which TensorBoard's scalars dashboard plots.
+    """
 
     def __init__(self, logdir):
-        import tensorflow as tf  # imported only when TensorBoard output is on, on process 0
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
-        from tensorflow.core.framework import summary_pb2
-
-        tf.config.set_visible_devices([], "GPU")  # never let TF grab accelerator memory from JAX
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(str(logdir))
-        # The raw summary op plus the "scalars" plugin tag: TensorBoard shows these as scalar charts, and
-        # writing them needs no `tensorboard` package.
-        self._metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        logdir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard reads files whose names contain "tfevents"
+        self._file = (logdir / f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}").open("ab")
+        self._records = RecordWriter(self._file)
+        self._records.write(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
 
     def scalars(self, step: int, values: dict) -> None:
-        with self._writer.as_default():
-            for name, value in values.items():
-                self._tf.summary.write(name, self._tf.constant(float(value), self._tf.float32), step=step,
-                                       metadata=self._metadata)
-        self._writer.flush()
+        summary = self._summary(value=[self._summary.Value(tag=name, simple_value=float(value))
+                                       for name, value in values.items()])
+        self._records.write(self._event(wall_time=time.time(), step=int(step), summary=summary).SerializeToString())
+        self._file.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        self._file.close()
 
 
 def _tensorboard_writer(logdir):
     try:
-        return _TFSummaryWriter(logdir)
+        return _EventFileWriter(logdir)
     except ImportError:
-        logging.warning("TensorFlow is not importable; TensorBoard event files are off (metrics.jsonl is still written)")
+        print('TensorBoard event files are off: the tensorboard package is not installed (pip install -e '
+              '".[tensorboard]", or set --config.checkpoint.tensorboard=False); metrics.jsonl is still written',
+              flush=True)
         return None

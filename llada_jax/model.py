@@ -144,10 +144,12 @@ class Block(nnx.Module):
         self.up_proj = _param(rngs, (d, f), std, pdt, ("embed", "mlp"))
         self.ff_out = _param(rngs, (f, d), out_std, pdt, ("mlp", "embed"))
 
-    def __call__(self, x, cos, sin, segments, prefix_kv=None):
+    def __call__(self, x, cos, sin, segments, cache_kv=None, window_start=None):
         """x [B, T, d] -> (x, (k, v)). `segments` is (query ids, key ids, kv_lengths or None) for attention.
-        `prefix_kv` (keys/values of earlier positions, RoPE applied) is attended to before x's own keys: the
-        prefix KV cache of the sampler. Params arrive already cast to the compute dtype (Transformer casts once)."""
+        With `cache_kv` (keys/values of a whole sequence, RoPE applied) x is a window of that sequence starting
+        at column `window_start`: its fresh keys/values overwrite the cache's there and it attends to the
+        result (the sampler's prefix and dual caches). Params arrive already cast to the compute dtype
+        (Transformer casts once)."""
         cfg = self.cfg
         dt = x.dtype
         w = lambda p: p[...].astype(dt)  # noqa: E731  (a no-op after the model-level cast)
@@ -159,13 +161,13 @@ class Block(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         keys, values = k, v
-        if prefix_kv is not None:
-            keys = jnp.concatenate([prefix_kv[0].astype(dt), k], axis=1)
-            values = jnp.concatenate([prefix_kv[1].astype(dt), v], axis=1)
+        if cache_kv is not None:
+            keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(dt), k, window_start, axis=1)
+            values = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(dt), v, window_start, axis=1)
         q_ids, kv_ids, kv_lengths = segments
         mixed = attention(q, keys, values, q_segment_ids=q_ids, kv_segment_ids=kv_ids,
                           causal=cfg.causal, implementation=cfg.attention, scale=cfg.head_dim ** -0.5,
-                          kv_lengths=kv_lengths if prefix_kv is None else None, block_size=cfg.attention_block)
+                          kv_lengths=kv_lengths if cache_kv is None else None, block_size=cfg.attention_block)
         mixed = checkpoint_name(mixed, "attn_mixed")
         attn = checkpoint_name(jnp.einsum("btnh,nhd->btd", mixed, w(self.attn_out)), "attn_output")
         x = sharding.constrain(x + attn, ("batch", "length", "act_embed"))
@@ -198,18 +200,19 @@ class Transformer(nnx.Module):
             self.ff_out = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, pdt, ("embed", "vocab"))
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, *, prefix_kv=None, prefix_segment_ids=None,
-                 return_kv: bool = False, lengths: jax.Array | None = None):
+                 segment_ids: jax.Array | None = None, *, cache_kv=None, cache_segment_ids=None,
+                 window_start=None, return_kv: bool = False, lengths: jax.Array | None = None):
         """tokens [B, T] -> float32 logits [B, T, V].
 
         `segment_ids` (packed documents or padding) restrict attention to equal ids; positions default to
         0..T-1. `lengths` [B] may promise that segment_ids are just "1 before lengths, 0 after" (lets cuDNN use
         sequence lengths). Sampler extras: `return_kv` also returns every layer's keys/values ([layers, B, T,
-        K, H] each); `prefix_kv` (such a pair for earlier positions, with `prefix_segment_ids`) lets `tokens`
-        attend to a cached prefix without recomputing it.
+        K, H] each); `cache_kv` (such a pair for a whole sequence, with its `cache_segment_ids`) makes `tokens`
+        the window of that sequence starting at column `window_start` (traced): only the window is recomputed,
+        its keys and values replace the cached ones there, and it attends to the whole sequence.
         """
-        x, kv = self.hidden_states(tokens, positions, segment_ids, prefix_kv=prefix_kv,
-                                   prefix_segment_ids=prefix_segment_ids, lengths=lengths)
+        x, kv = self.hidden_states(tokens, positions, segment_ids, cache_kv=cache_kv,
+                                   cache_segment_ids=cache_segment_ids, window_start=window_start, lengths=lengths)
         logits = project(x, self.ff_out[...])
         return (logits, kv) if return_kv else logits
 
@@ -218,10 +221,10 @@ class Transformer(nnx.Module):
         """The training output: final hidden states plus head weight; losses compute logits chunk by chunk."""
         x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths)
         # the f32 weight goes in (cast per chunk), so its gradient is summed over chunks in f32
-        return HeadOutput(x, self.ff_out[...], self.cfg.loss_chunk_len)
+        return HeadOutput(x, self.ff_out[...], self.cfg.loss_chunk_tokens)
 
-    def hidden_states(self, tokens, positions=None, segment_ids=None, *, prefix_kv=None, prefix_segment_ids=None,
-                      lengths=None):
+    def hidden_states(self, tokens, positions=None, segment_ids=None, *, cache_kv=None, cache_segment_ids=None,
+                      window_start=None, lengths=None):
         """tokens [B, T] -> (final RMS-normed hidden states [B, T, d] in the compute dtype, per-layer (k, v))."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
@@ -231,9 +234,9 @@ class Transformer(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
             lengths = jnp.full(tokens.shape[:1], tokens.shape[1]) if lengths is None else lengths
-        if prefix_kv is not None and prefix_segment_ids is None:
-            prefix_segment_ids = jnp.ones(prefix_kv[0].shape[1:3], segment_ids.dtype)
-        key_ids = segment_ids if prefix_kv is None else jnp.concatenate([prefix_segment_ids, segment_ids], axis=1)
+        if cache_kv is not None and cache_segment_ids is None:
+            cache_segment_ids = jnp.ones(cache_kv[0].shape[1:3], segment_ids.dtype)
+        key_ids = segment_ids if cache_kv is None else cache_segment_ids
         segments = (segment_ids, key_ids, lengths)
 
         # Params are cast to the compute dtype once, outside the layer loop (and before FSDP gathers them).
@@ -245,17 +248,17 @@ class Transformer(nnx.Module):
         stacked = jax.tree.map(cast, stacked)
 
         def layer(x, xs):
-            layer_state, layer_prefix = xs
-            return nnx.merge(graphdef, layer_state)(x, cos, sin, segments, layer_prefix)
+            layer_state, layer_cache = xs
+            return nnx.merge(graphdef, layer_state)(x, cos, sin, segments, layer_cache, window_start)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            x, kv = jax.lax.scan(layer, x, (stacked, prefix_kv))
+            x, kv = jax.lax.scan(layer, x, (stacked, cache_kv))
         else:
             per_layer = []
             for i in range(cfg.n_layers):
-                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, prefix_kv)))
+                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, cache_kv)))
                 per_layer.append(layer_kv)
             kv = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
         return rms_norm(x, cast(self.ln_f[...]), cfg.rms_norm_eps), kv

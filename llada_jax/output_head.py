@@ -2,9 +2,10 @@
 never exist.
 
 With a 126k vocabulary the logits are the largest tensor of the step (4 bytes x 126,464 per token, plus their
-softmax for the backward pass). `chunked_scores` runs the head over `chunk_len` positions at a time inside a
-scan whose body is rematerialised, so the forward keeps only per-token CE and correctness and the backward
-recomputes one chunk of logits at a time. Losses receive a `HeadOutput` where they used to receive logits and
+softmax for the backward pass). `chunked_scores` runs the head over `chunk_len` positions of every row at a
+time inside a scan whose body is rematerialised, so the forward keeps only per-token CE and correctness and
+the backward recomputes one chunk of logits at a time. Chunks cut the length, not the batch, so every device
+works on each chunk; `HeadOutput` sizes them from a token budget per device (config model.loss_chunk_tokens). Losses receive a `HeadOutput` where they used to receive logits and
 ask it for `TokenScores`; plain logits arrays still work (the sampler and tests use them).
 """
 from __future__ import annotations
@@ -66,20 +67,26 @@ def chunked_scores(hidden: jax.Array, weight: jax.Array, targets: jax.Array, chu
     return TokenScores(from_chunks(ce), from_chunks(correct))
 
 
+def chunk_len_for(batch: int, length: int, tokens_per_device: int) -> int:
+    """Positions per chunk so one chunk holds about `tokens_per_device` tokens on each device (at least 1)."""
+    rows_per_device = max(1, batch // sharding.shard_count(("batch",), (batch,)))
+    return max(1, min(length, tokens_per_device // rows_per_device))
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadOutput:
     """The model's final hidden states with the head weight: logits on demand, never all at once.
 
-    chunk_len <= 0 means one chunk (the whole length: today's dense logits, for comparisons).
+    `chunk_tokens` is the per-device token budget of one chunk of logits.
     """
 
     hidden: jax.Array
     weight: jax.Array
-    chunk_len: int
+    chunk_tokens: int
 
     def scores(self, targets: jax.Array) -> TokenScores:
-        chunk = self.chunk_len if self.chunk_len > 0 else self.hidden.shape[1]
-        return chunked_scores(self.hidden, self.weight, targets, chunk)
+        b, t = self.hidden.shape[:2]
+        return chunked_scores(self.hidden, self.weight, targets, chunk_len_for(b, t, self.chunk_tokens))
 
 
 def token_scores(outputs, targets: jax.Array) -> TokenScores:

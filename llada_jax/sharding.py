@@ -156,6 +156,16 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, x.shape, mesh))
 
 
+def shard_count(logical: Sequence[str | None], shape: Sequence[int]) -> int:
+    """Into how many pieces the current mesh context splits an array with these logical names (1 outside one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return 1
+    spec = logical_to_spec(logical, shape, mesh)
+    axes = [a for part in spec if part is not None for a in ((part,) if isinstance(part, str) else part)]
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's slice of the batch into global arrays sharded over the batch axes.
 

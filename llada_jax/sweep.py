@@ -83,6 +83,15 @@ def launch_commands(sweep, launcher_args: str) -> list[str]:
             f"--workdir={shlex.quote('gs://BUCKET/' + r.name)}" for r in read_plan(sweep)]
 
 
+def sweep_eta(elapsed_s: float, flops_done: float, total_flops: float) -> str:
+    """' | about H:MM:SS left' from the time per FLOP so far (runs cost about their FLOPs); '' before the first."""
+    from llada_jax.progress import fmt_time
+
+    if flops_done <= 0:
+        return ""
+    return f" | about {fmt_time(elapsed_s / flops_done * (total_flops - flops_done))} left for the sweep"
+
+
 def run_all(sweep, log=print) -> list[dict]:
     """Trains every planned run without a result, one after another, appending a row to results.csv each."""
     from llada_jax import loop
@@ -92,8 +101,10 @@ def run_all(sweep, log=print) -> list[dict]:
     done = {r["name"] for r in read_results(sweep)}
     todo = [r for r in read_plan(sweep) if r.name not in done]
     path = sweep / "results.csv"
+    total_flops, flops_done, began = sum(r.flops for r in todo), 0.0, time.perf_counter()
     for i, run in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {run.name}: {run.steps} steps, {run.flops:.3g} FLOPs")
+        log(f"[{i}/{len(todo)}] {run.name}: {run.steps} steps, {run.flops:.3g} FLOPs"
+            + sweep_eta(time.perf_counter() - began, flops_done, total_flops))
         config = load_config(str(sweep / "runs" / run.name / "config.json"))
         start = time.perf_counter()
         summary = loop.run(config, sweep / "runs" / run.name, quiet=True)
@@ -106,6 +117,7 @@ def run_all(sweep, log=print) -> list[dict]:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+        flops_done += run.flops
         log(f"    eval {summary['eval_loss']:.4f} +- {summary['eval_loss_se']:.4f} nats/token in {row['wall_s']:.0f} s")
     return read_results(sweep)
 
@@ -151,7 +163,8 @@ def plot(results: list[dict], fits: dict, sweep) -> None:
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("eval loss (nats/token; MDM: ELBO bound)")
     ax.set_title("IsoFLOP curves: MDM (solid) vs AR (dashed)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no fitted curve (too few points): no empty-legend warning
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(str(sweep / "isoflop.png"), dpi=120)
     plt.close(fig)
@@ -174,7 +187,8 @@ def plot(results: list[dict], fits: dict, sweep) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("training FLOPs C")
         ax.set_ylabel(label)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(str(sweep / "scaling.png"), dpi=120)
     plt.close(fig)

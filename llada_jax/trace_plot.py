@@ -44,14 +44,22 @@ def grid_image(trace: np.ndarray, block_length: int, cell: int = 8) -> np.ndarra
     return image
 
 
-def save(trace: np.ndarray, path: str, block_length: int) -> None:
-    """trace [B, G]: one row per prompt, one column per generated position, colour = reveal step."""
+PLAIN_LEGEND = ("a plain grid without labels (matplotlib is not installed; pip install matplotlib for a labelled "
+                "chart): one row per prompt, one column per generated position, colour = step revealed from dark "
+                "blue (first) to yellow (last), grey = never revealed, white lines = block boundaries")
+
+
+def save(trace: np.ndarray, path: str, block_length: int) -> str:
+    """trace [B, G]: one row per prompt, one column per generated position, colour = reveal step.
+
+    Returns how to read the picture: the plain grid has no axes, so the legend is said in words instead.
+    """
     try:
         import matplotlib
     except ImportError:
         with open(path, "wb") as f:
             f.write(png_bytes(grid_image(trace, block_length)))
-        return
+        return PLAIN_LEGEND
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -67,3 +75,4 @@ def save(trace: np.ndarray, path: str, block_length: int) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return "a chart with a colour bar of the step at which each position was revealed"

@@ -4,7 +4,25 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("LLADA_JAX_COMPILATION_CACHE", "off")  # CLI tests must not write to ~/.cache
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A 2-step run of helpers.small_config (checkpoints at steps 1 and 2, params export), trained once per
+    session for every test that only reads a trained workdir (or copies it before changing it)."""
+    from llada_jax import loop
+
+    from helpers import small_config
+
+    workdir = tmp_path_factory.mktemp("trained_run")
+    config = small_config("checkpoint.tensorboard=False", "train.eval_batches=1", "train.steps=2",
+                          "checkpoint.every_steps=1")
+    loop.run(config, workdir, quiet=True)
+    return workdir

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from llada_jax import checkpoint
 from llada_jax.cli import main
@@ -18,6 +19,7 @@ def run_cli(*args):
                           env=env, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_command_runs_on_a_sharded_mesh_and_exports_params(tmp_path):
     overrides = [f"--config.{o}" for o in SMALL_MODEL]
     proc = run_cli("train", f"--config={TINY}", f"--workdir={tmp_path}", *overrides,

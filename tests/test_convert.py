@@ -106,6 +106,7 @@ def test_tokenizer_folder_is_copied(tmp_path):
     (tmp_path / "tok" / "tokenizer.json").write_text("{}")
     files = convert.to_hf(ckpt, tmp_path / "hf", tokenizer=tmp_path / "tok")
     assert "tokenizer.json" in files and (tmp_path / "hf" / "tokenizer.json").exists()
+    assert sorted(files) == sorted(p.name for p in (tmp_path / "hf").iterdir())  # the CLI's "wrote N files"
 
 
 def test_autoregressive_baseline_exports_as_llama(tmp_path):

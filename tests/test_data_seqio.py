@@ -68,6 +68,7 @@ def test_train_tokenizer_then_prepare_and_train_with_sentencepiece(tmp_path):
                                     "model.vocab_size=100", f"model.mask_token_id={vocab.mask_id}"), 0, 1)
 
 
+@pytest.mark.slow
 def test_seqio_task_registered_in_an_imported_module(tmp_path, monkeypatch):
     (tmp_path / "my_llada_tasks.py").write_text(textwrap.dedent(f"""
         import seqio, tensorflow as tf

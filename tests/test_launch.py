@@ -88,6 +88,6 @@ def test_preflight_reports_sharded_memory(capsys):
 
 
 def test_preflight_unknown_topology_is_one_line(capsys):
-    assert main(["preflight", f"--config={TINY}", "--topology=v5p:2x2x1"]) == 2
+    assert main(["preflight", f"--config={TINY}", "--topology=v5q:9x9"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "cannot describe TPU topology 'v5p:2x2x1'" in err and "\n" not in err
+    assert "cannot describe TPU topology 'v5q:9x9'" in err and "\n" not in err

@@ -126,7 +126,9 @@ def test_score_cli_answers_and_multiple_choice(export, tmp_path, capsys):
     data.write_text('{"prompt": "ab", "choices": ["cd", "efg"], "label": 1}\n\n{"prompt": "x", "answer": "yz"}\n'
                     '{"prompt": "q", "choices": ["r", "s"]}\n')
     assert main(["score", f"--checkpoint={export}", f"--input={data}", "--mc-num=8", "--batch-size=4"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert "score: item 1/3" in captured.err and "score: item 3/3" in captured.err  # progress on stderr only
     assert len(lines) == 4 and [r.get("item") for r in lines[:3]] == [1, 2, 3]
     assert len(lines[0]["log_likelihood"]) == 2 and lines[0]["pick"] in (0, 1) and "correct" in lines[0]
     assert lines[1]["log_likelihood"][0] < 0 and "pick" not in lines[1]

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from llada_jax import checkpoint
 
@@ -40,9 +41,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=()):
+# Process 1's clock runs 1000 s ahead: by its own clock a time-based checkpoint is due after every step.
+SKEWED_DRIVER = DRIVER.replace("import jax\n", """import jax, time
+from llada_jax import checkpoint
+if jax.process_index() == 1:
+    checkpoint.RunCheckpointer.clock = staticmethod(lambda: time.monotonic() + 1000.0)
+""", 1)
+
+
+def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=(), driver_text=DRIVER, timeout=600):
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(driver_text)
     port = free_port()
     procs = []
     for pid in range(n_processes):
@@ -56,12 +65,19 @@ def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=(
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
     results = []
     for p in procs:
-        out, err = p.communicate(timeout=600)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            tails = [q.communicate()[1][-1500:] for q in procs]
+            raise AssertionError(f"the processes did not finish within {timeout} s (hung): {tails}")
         assert p.returncode == 0, err[-3000:]
         results.append(json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))))
     return sorted(results, key=lambda r: r["process"])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     (single,) = launch(tmp_path, tmp_path / "single", 0, n_processes=1, devices_each=8)
     assert single["devices"] == 8 and single["processes"] == 1
@@ -86,6 +102,7 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_as_two_slices_over_dcn(tmp_path):
     """mesh.dcn_data=2: the data axis spans the two processes (standing in for slices), fsdp=4 stays inside
     each; the hybrid mesh must train the same model as one process."""
@@ -95,3 +112,14 @@ def test_two_processes_as_two_slices_over_dcn(tmp_path):
     for r in multi:
         np.testing.assert_allclose(r["summary"]["eval_loss"], single["summary"]["eval_loss"], rtol=1e-5)
         np.testing.assert_allclose(r["summary"]["train_loss"], single["summary"]["train_loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_time_based_saves_follow_process_0_despite_clock_skew(tmp_path):
+    """Each host deciding by its own clock put process 1 into the save barrier while process 0 went on to the
+    next step's collectives, hanging the run; the decision is process 0's, shared by both."""
+    workdir = tmp_path / "skew"
+    results = launch(tmp_path, workdir, 0, n_processes=2, devices_each=4, driver_text=SKEWED_DRIVER, timeout=400,
+                     overrides=["config.checkpoint.every_minutes=30"])
+    assert [r["summary"]["step"] for r in results] == [4, 4]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4]

@@ -12,7 +12,7 @@ from llada_jax import model as M
 from llada_jax.config import ModelConfig
 
 CFG = ModelConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_hidden=48,
-                  dtype="float32", rope_theta=10000.0, loss_chunk_len=5)  # 13 positions: chunks of 5, 5, 3
+                  dtype="float32", rope_theta=10000.0, loss_chunk_tokens=15)  # 3 rows x 13: chunks of 5, 5, 3 positions
 B, T = 3, 13
 
 
@@ -29,10 +29,11 @@ def objectives(tokens, masked, p):
     lengths = jnp.asarray([T, 9, 4])
     valid = jnp.arange(T)[None] < lengths[:, None]
     response = valid & (jnp.arange(T)[None] >= 3)
+    mean = lambda total, weight, aux: (diffusion.mean_loss(total, weight), aux)  # noqa: E731
     return {
-        "mdm": lambda out: diffusion.pretrain_loss(out, tokens, masked & valid, p, lengths),
-        "sft": lambda out: diffusion.sft_loss(out, tokens, masked & response, p, response),
-        "ar": lambda out: diffusion.ar_loss(out, tokens, valid),
+        "mdm": lambda out: mean(*diffusion.pretrain_loss(out, tokens, masked & valid, p, lengths)),
+        "sft": lambda out: mean(*diffusion.sft_loss(out, tokens, masked & response, p, response)),
+        "ar": lambda out: mean(*diffusion.ar_loss(out, tokens, valid)),
     }
 
 

@@ -29,39 +29,43 @@ def model_logits(x):
     return np.asarray(_LOGITS(jnp.asarray(x, jnp.int32)), np.float64)
 
 
-def reference_generate(prompt, gen_length, steps, block_length, temperature, cfg_scale, remasking, key):
-    """generate.py in NumPy (float64), drawing its noise from the same JAX keys as the jitted decoder (and, like
-    it, never predicting the mask id). The uniforms are float64 under x64 and float32 otherwise, as the decoder's."""
+def reference_generate(prompt, gen_length, steps, block_length, temperature, cfg_scale, remasking, key,
+                       logits_fn=None, mask=MASK):
+    """generate.py in NumPy (float64), drawing its noise from the same JAX keys as the jitted decoder. As in the
+    decoder the mask id is left out of the argmax only: the confidence is the official full-softmax probability.
+    The uniforms are float64 under x64 and float32 otherwise, as the decoder's."""
+    logits_fn = logits_fn or model_logits
     noise_dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     p = len(prompt)
-    x = np.array([list(prompt) + [MASK] * gen_length])
+    x = np.array([list(prompt) + [mask] * gen_length])
     prompt_index = np.arange(x.shape[1])[None] < p
     n_blocks = gen_length // block_length
     spb = steps // n_blocks
     for blk in range(n_blocks):
-        m = int((x[0, p + blk * block_length:p + (blk + 1) * block_length] == MASK).sum())
+        m = int((x[0, p + blk * block_length:p + (blk + 1) * block_length] == mask).sum())
         schedule = [m // spb + (1 if i < m % spb else 0) for i in range(spb)]
         for i in range(spb):
             key, k_noise, k_conf = jax.random.split(key, 3)
-            logits = model_logits(x)
+            logits = logits_fn(x)
             if cfg_scale > 0:
-                un = model_logits(np.where(prompt_index, MASK, x))
+                un = logits_fn(np.where(prompt_index, mask, x))
                 logits = un + (cfg_scale + 1) * (logits - un)
-            logits[..., MASK] = -np.inf  # the decoder never predicts the mask id itself
             if temperature == 0:
-                x0 = logits.argmax(-1)
+                scores = logits.copy()
             else:
                 u = np.asarray(jax.random.uniform(k_noise, logits.shape, noise_dtype,
                                                   minval=np.finfo(noise_dtype).tiny, maxval=1.0), np.float64)
-                x0 = (np.exp(logits) / (-np.log(u)) ** temperature).argmax(-1)
+                scores = np.exp(logits) / (-np.log(u)) ** temperature
+            scores[..., mask] = -np.inf  # the decoder never predicts the mask id itself
+            x0 = scores.argmax(-1)
             if remasking == "low_confidence":
-                probs = np.exp(logits - logits.max(-1, keepdims=True))
+                probs = np.exp(logits - logits.max(-1, keepdims=True))  # the full softmax, mask id included
                 probs /= probs.sum(-1, keepdims=True)
                 conf = np.take_along_axis(probs, x0[..., None], -1)[..., 0]
             else:
                 conf = np.asarray(jax.random.uniform(k_conf, x0.shape, noise_dtype), np.float64)
             conf[:, p + (blk + 1) * block_length:] = -np.inf
-            mask_index = x == MASK
+            mask_index = x == mask
             x0 = np.where(mask_index, x0, x)
             conf = np.where(mask_index, conf, -np.inf)
             chosen = np.argsort(-conf[0], kind="stable")[:schedule[i]]
@@ -98,6 +102,28 @@ def test_decoder_equals_numpy_reference_in_float64():
         got, _, _ = run([5, 9, 2], key=jax.random.key(11), **kw)
         want = reference_generate([5, 9, 2], key=jax.random.key(11), **kw)
     np.testing.assert_array_equal(got, want)
+
+
+GQA_CFG = ModelConfig(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_hidden=48,
+                      dtype="float32", init_std=1.0)
+GQA_GRAPHDEF = M.split_model(M.abstract_model(GQA_CFG))[0]
+GQA_PARAMS = M.init_params(GQA_CFG, 5)
+GQA_PARAMS["ff_out"] = GQA_PARAMS["ff_out"].at[:, MASK].multiply(3.0)  # the mask id's probability: 1e-13 .. 0.999
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_gqa_model_with_varied_outputs_equals_numpy_reference(temperature):
+    """Grouped-query attention, a large init std and a strong mask-id output: the mask id holds a varying share
+    of the softmax (from ~0 to ~1), so a confidence renormalised without it reorders the reveals (10 of 21
+    tokens differed before the fix); the official code takes the full softmax."""
+    logits_fn = jax.jit(lambda x: M.apply(GQA_GRAPHDEF, GQA_PARAMS, x))
+    kw = dict(gen_length=16, steps=16, block_length=8, temperature=temperature, cfg_scale=0.0,
+              remasking="low_confidence")
+    ids, valid = sampling.left_pad([[5, 9, 2, 30, 17]], 0)
+    got, _, _ = sampling.generate(GQA_GRAPHDEF, GQA_PARAMS, ids, valid, jax.random.key(2), mask_id=MASK, **kw)
+    want = reference_generate([5, 9, 2, 30, 17], key=jax.random.key(2),
+                              logits_fn=lambda x: np.asarray(logits_fn(jnp.asarray(x, jnp.int32)), np.float64), **kw)
+    np.testing.assert_array_equal(np.asarray(got[0]), want)
 
 
 def test_cfg_changes_the_result():
@@ -162,7 +188,8 @@ def test_eos_stops_early_without_changing_the_cropped_answer():
     assert sampling.crop_at_eos(out[4:], eos) == sampling.crop_at_eos(full[4:], eos)
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=0.5, cfg_scale=1.0), dict(threshold=0.3, kv_cache=True)])
+@pytest.mark.parametrize("kw", [dict(temperature=0.5, cfg_scale=1.0), dict(threshold=0.3, cache="prefix"),
+                                dict(factor=1.0, cache="dual")])
 def test_sharded_inference_gives_the_same_tokens(kw):
     mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
     _, abstract, names = M.split_model(M.abstract_model(CFG))
@@ -191,11 +218,12 @@ def test_generate_rejects_bad_options(kw, fragment):
         run([1, 2], **kw)
 
 
-# --- the prefix KV cache -------------------------------------------------------------------------------------
+# --- the prefix and dual caches -----------------------------------------------------------------------------
 
-def test_cached_prefix_decode_equals_the_full_forward():
-    """Suffix logits computed against a prefix K/V cache (taken from a full forward) equal the full forward's,
-    and asking for the K/V leaves the logits unchanged."""
+@pytest.mark.parametrize("start, width", [(6, 4), (3, 7), (0, 10)])
+def test_window_against_a_fresh_cache_equals_the_full_forward(start, width):
+    """Logits of a window recomputed against keys/values cached from a full forward of the same tokens equal
+    the full forward's rows, with padding in the batch; asking for the keys/values leaves the logits unchanged."""
     tokens = jax.random.randint(jax.random.key(4), (2, 10), 0, 47)
     seg = jnp.ones_like(tokens).at[0, :2].set(0)  # row 0 has two padding tokens
     pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
@@ -203,32 +231,75 @@ def test_cached_prefix_decode_equals_the_full_forward():
     assert kv[0].shape == (2, 2, 10, 4, 8)  # [layers, batch, length, kv heads, head dim]
     np.testing.assert_allclose(np.asarray(full), np.asarray(jax.jit(M.apply, static_argnums=0)(
         GRAPHDEF, PARAMS, tokens, pos, seg)), rtol=1e-5, atol=1e-5)
-    prefix = jax.tree.map(lambda a: a[:, :, :6], kv)
-    suffix = jax.jit(lambda t, prefix: M.apply(GRAPHDEF, PARAMS, t[:, 6:], pos[:, 6:], seg[:, 6:], prefix_kv=prefix,
-                                               prefix_segment_ids=seg[:, :6]))(tokens, prefix)
-    np.testing.assert_allclose(np.asarray(suffix), np.asarray(full[:, 6:]), rtol=1e-5, atol=1e-5)
+    cut = lambda a, s: jax.lax.dynamic_slice_in_dim(a, s, width, axis=1)  # noqa: E731
+    window = jax.jit(lambda t, kv, s: M.apply(GRAPHDEF, PARAMS, cut(t, s), cut(pos, s), cut(seg, s), cache_kv=kv,
+                                              cache_segment_ids=seg, window_start=s))(tokens, kv, jnp.int32(start))
+    np.testing.assert_allclose(np.asarray(window), np.asarray(full[:, start:start + width]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
 @pytest.mark.parametrize("cfg_scale", [0.0, 2.0])
-def test_kv_cache_is_exact_with_one_step_per_block(cfg_scale):
-    """Each block's first step is a full forward, so with one step per block the cache changes nothing."""
+def test_caches_are_exact_with_one_step_per_block(cache, cfg_scale):
+    """Each block's first step is a full forward, so with one step per block a cache changes nothing."""
     kw = dict(gen_length=8, steps=2, block_length=4, temperature=0.6, cfg_scale=cfg_scale)
     plain, _, p_plain = run([5, 9, 2, 30], key=jax.random.key(3), **kw)
-    cached, _, p_cached = run([5, 9, 2, 30], key=jax.random.key(3), kv_cache=True, **kw)
+    cached, _, p_cached = run([5, 9, 2, 30], key=jax.random.key(3), cache=cache, **kw)
     np.testing.assert_array_equal(cached, plain)
     assert p_cached == p_plain == 2
 
 
-def test_kv_cache_with_several_steps_per_block_keeps_the_schedule_and_stops_at_eos():
-    """With several steps per block the cache is an approximation (stale prefix K/V), but the schedule holds,
-    each block's first (full-forward) step agrees with the uncached decoder, and EOS stops after the block."""
-    prompt, kw = [5, 9, 2, 30], dict(gen_length=8, steps=8, block_length=4)
-    plain, plain_trace, _ = run(prompt, **kw)
-    first = int(plain[4:][plain_trace[4:] == 0][0])  # revealed at step 0 by both (exact step); call it EOS
-    cached, trace, passes = run(prompt, kv_cache=True, eos_id=first, **kw)
-    assert passes == 4 and MASK not in cached[:8] and np.all(cached[8:] == MASK)
-    np.testing.assert_array_equal(np.sort(trace[4:8]), np.arange(4))  # one reveal per step, as scheduled
-    assert cached[4:8][trace[4:8] == 0] == first
+def cached_reference(prompt, cache, gen_length, steps, block_length):
+    """Greedy decoding where every step after a block's first sees keys/values frozen at that first step,
+    except inside the recomputed window: built from the model's own window API, one step at a time in Python."""
+    full_fn = jax.jit(lambda t: M.apply(GRAPHDEF, PARAMS, t, return_kv=True))
+    p, spb = len(prompt), steps // (gen_length // block_length)
+    x = np.array([list(prompt) + [MASK] * gen_length])
+    for blk in range(gen_length // block_length):
+        start = p if cache == "prefix" else p + blk * block_length
+        stop = p + gen_length if cache == "prefix" else p + (blk + 1) * block_length
+        kv = None
+        m = int((x[0, p + blk * block_length:p + (blk + 1) * block_length] == MASK).sum())
+        for i in range(spb):
+            if kv is None:
+                logits, kv = full_fn(jnp.asarray(x))
+                logits, lo = np.asarray(logits, np.float64), 0
+            else:
+                pos = jnp.arange(start, stop)[None]
+                logits = np.asarray(M.apply(GRAPHDEF, PARAMS, jnp.asarray(x[:, start:stop]), pos, cache_kv=kv,
+                                            window_start=start), np.float64)
+                lo = start
+            want = [m // spb + (1 if j < m % spb else 0) for j in range(spb)][i]
+            probs = np.exp(logits - logits.max(-1, keepdims=True))  # the full softmax
+            logits[..., MASK] = -np.inf
+            pred = logits.argmax(-1)[0]
+            conf = np.take_along_axis(probs / probs.sum(-1, keepdims=True), pred[None, :, None], -1)[0, :, 0]
+            cols = lo + np.arange(logits.shape[1])
+            conf = np.where((x[0, cols] == MASK) & (cols < p + (blk + 1) * block_length), conf, -np.inf)
+            chosen = cols[np.argsort(-conf, kind="stable")[:want]]
+            x[0, chosen] = pred[chosen - lo]
+    return x[0]
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_caches_with_several_steps_per_block_equal_a_step_by_step_reference(cache):
+    """Stale keys/values are the caches' approximation: the jitted loop must reproduce it exactly."""
+    kw = dict(gen_length=12, steps=12, block_length=4)
+    got, trace, passes = run([5, 9, 2, 30], cache=cache, **kw)
+    np.testing.assert_array_equal(got, cached_reference([5, 9, 2, 30], cache, **kw))
+    assert passes == 12 and np.array_equal(np.sort(trace[4:]), np.arange(12))  # one reveal per step
+
+
+def test_dual_cache_stops_at_eos_and_pads_batches_of_different_prompt_lengths():
+    prompts, kw = [[5, 9, 2, 30, 11, 7], [3, 4]], dict(gen_length=8, steps=4, block_length=4, cache="dual")
+    ids, valid = sampling.left_pad(prompts, 0)
+    out, _, passes = sampling.generate(GRAPHDEF, PARAMS, ids, valid, jax.random.key(0), mask_id=MASK, **kw)
+    for row, prompt in zip(np.asarray(out), prompts):
+        np.testing.assert_array_equal(row[ids.shape[1]:], run(prompt, **kw)[0][len(prompt):])
+    alone, trace, _ = run([5, 9, 2, 30], **kw)
+    eos = int(alone[4:8][trace[4:8] == 0][0])  # revealed at the first (full) step of block 0
+    stopped, _, stopped_passes = run([5, 9, 2, 30], eos_id=eos, **kw)
+    assert stopped_passes == 2 and np.all(stopped[8:] == MASK)
+    np.testing.assert_array_equal(stopped[:8], alone[:8])
 
 
 # --- the trace PNG ---------------------------------------------------------------------------------------------
@@ -247,7 +318,8 @@ def _read_png(data: bytes) -> np.ndarray:
 def test_trace_png_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError: the zlib fallback
     trace = np.array([[0, 1, 2, -1], [3, 3, -1, -1]])
-    trace_plot.save(trace, str(tmp_path / "t.png"), block_length=2)
+    legend = trace_plot.save(trace, str(tmp_path / "t.png"), block_length=2)
+    assert "grey = never revealed" in legend and "pip install matplotlib" in legend  # the axes it lacks, in words
     image = _read_png((tmp_path / "t.png").read_bytes())
     np.testing.assert_array_equal(image, trace_plot.grid_image(trace, 2))
     assert image.shape == (16, 32, 3) and tuple(image[12, 30]) == (220, 220, 220)  # unrevealed: grey
@@ -267,11 +339,11 @@ def test_sample_cli(export, tmp_path, capsys):
               "--steps=2", "--block-length=4", "--no-early-stop", "--temperature=0.5"]
     assert main(["sample", *common, f"--trace={tmp_path / 'trace.png'}"]) == 0
     out = capsys.readouterr().out
-    assert "=== def f(" in out and "=== x" in out and "(2 forward passes for 2 x 8 tokens)" in out
+    assert "=== def f(" in out and "=== x" in out and "(2 forward passes for 2 x 8 tokens, " in out
     assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG"
     # the default mesh puts fsdp over the 8 simulated devices; fsdp=4 x tensor=2 decodes the same text, also
     # with the prefix KV cache (exact here: one step per block)
-    assert main(["sample", *common, "--kv-cache", "--config.mesh.fsdp=4", "--config.mesh.tensor=2"]) == 0
+    assert main(["sample", *common, "--cache=dual", "--config.mesh.fsdp=4", "--config.mesh.tensor=2"]) == 0
     assert capsys.readouterr().out == out.split("reveal trace")[0]
 
 

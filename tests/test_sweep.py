@@ -66,6 +66,7 @@ MICRO = [
 ]
 
 
+@pytest.mark.slow
 def test_sweep_plan_run_fit_end_to_end(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     config = os.path.join(ROOT, "configs", "sweep_cpu.py")

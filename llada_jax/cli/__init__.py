@@ -1,15 +1,20 @@
-"""`llada-jax <command>`: the one entry point. Each command lives in its own module and is imported only
-when used, so `llada-jax convert` does not pay for importing the trainer and vice versa."""
+"""`llada-jax <command>`: the one entry point. Each command lives in its own module and its heavy imports
+happen only when it runs, so `llada-jax convert` does not pay for importing the trainer and vice versa,
+and a bad flag or config value is reported before JAX is even loaded."""
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
+import importlib.util
+import os
 import sys
 
 from llada_jax.config import ConfigError
 
-# command -> module with `register(subparser)` and `run(args, config_overrides) -> int`.
+# command -> module with a one-line docstring, `register(subparser)` and `run(args, config_overrides) -> int`.
 COMMANDS = {
+    "demo": "llada_jax.cli.demo",
     "train": "llada_jax.cli.train",
     "preflight": "llada_jax.cli.preflight",
     "sweep": "llada_jax.cli.sweep",
@@ -21,25 +26,75 @@ COMMANDS = {
 }
 
 
+def summary(module) -> str:
+    """The first line of a command module's docstring, without its usage example (shown by the command's --help)."""
+    line = (module.__doc__ or "").strip().split("\n")[0]
+    return line.split(": `")[0].rstrip(".:")
+
+
+def skip_absent_tpu(environ=os.environ) -> None:
+    """With libtpu installed (e.g. for AOT TPU compiles) but no TPU chip, JAX's TPU plugin prints a screen of
+    warnings at start-up; there (and with no CUDA plugin installed), JAX is told to use the CPU.
+
+    Never overrides JAX_PLATFORMS; TPU VMs (a Google PCI device, /dev/accel*, /dev/vfio) are left alone.
+    """
+    if environ.get("JAX_PLATFORMS") is not None or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        with open(vendor) as f:
+            if f.read().strip() == "0x1ae0":  # Google: a TPU chip
+                return
+    if any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
+        return  # naming cuda would make a machine without a GPU driver fail; leave such setups alone
+    environ["JAX_PLATFORMS"] = "cpu"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LMs in JAX.")
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    if not (argv and argv[0] == "preflight"):  # preflight --topology compiles for TPU through libtpu
+        skip_absent_tpu()
+    parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LMs in JAX.",
+                                     epilog="`llada-jax COMMAND --help` lists a command's flags and their defaults.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
-    if argv and argv[0] in COMMANDS:
-        module = importlib.import_module(COMMANDS[argv[0]])
-        module.register(sub.add_parser(argv[0], help=(module.__doc__ or "").split("\n")[0]))
-    else:
-        for name in COMMANDS:
-            sub.add_parser(name)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)  # light: command modules import only argparse at the top
+        command = sub.add_parser(name, help=summary(module), description=(module.__doc__ or "").strip(),
+                                 formatter_class=_HelpFormatter)
+        if argv and argv[0] == name:
+            module.register(command)
     args, rest = parser.parse_known_args(argv)
     overrides = [a for a in rest if a.startswith("--config.")]
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from llada_jax import compile_cache
+
+    compile_cache.enable()
     try:
         return int(importlib.import_module(COMMANDS[args.command]).run(args, overrides) or 0)
     except ConfigError as e:
         print(f"llada-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's default in its help line (flags registered without help too); the docstring kept as written."""
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and _shows_default(action):
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and _shows_default(action) and "%(default)" not in text:
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
+
+
+def _shows_default(action) -> bool:
+    """None (unset) and False (an off switch) say nothing; 0, 0.0 and strings do."""
+    return not (action.default is None or action.default is False or action.default is argparse.SUPPRESS)

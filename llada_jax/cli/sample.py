@@ -1,11 +1,13 @@
 """Generate text with the reverse process: `llada-jax sample --checkpoint=DIR --prompt="..."`.
 
-Params are sharded over the checkpoint's mesh (override with --config.mesh.fsdp=4 --config.mesh.tensor=2 etc.)
-and the decoder runs under that mesh, so the model's sharding hints apply as in training.
+Params are sharded FSDP-style over the devices present, whatever mesh trained them (override with
+--config.mesh.fsdp=4 --config.mesh.tensor=2 etc.), and the decoder runs under that mesh, so the model's
+sharding hints apply as in training.
 """
 from __future__ import annotations
 
 import argparse
+import time
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -18,10 +20,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--cfg-scale", type=float, default=0.0)
     parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="reveal every token above this confidence (at least one per step)")
-    parser.add_argument("--kv-cache", action="store_true",
-                        help="reuse keys/values of the prompt and finished blocks within a block (approximate, faster)")
+    parallel = parser.add_mutually_exclusive_group()
+    parallel.add_argument("--threshold", type=float, default=None,
+                          help="parallel decoding: reveal every token above this confidence (at least one per step)")
+    parallel.add_argument("--factor", type=float, default=None,
+                          help="parallel decoding, Fast-dLLM's factor rule: reveal the n most confident tokens while "
+                               "the i-th has confidence >= 1 - factor / (i + 1)")
+    parser.add_argument("--cache", choices=["none", "prefix", "dual"], default="none",
+                        help="reuse keys/values within a block: of the prompt (prefix) or of everything but the "
+                             "block (dual); approximate, faster")
+    parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="cast params once at load (auto: bfloat16 on GPU/TPU, as stored on CPU)")
     parser.add_argument("--no-early-stop", action="store_true",
                         help="decode every block even after each answer holds an EOS (the cropped text is the same)")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,6 +66,10 @@ def check_args(args, max_seq_len: int, longest_prompt: int) -> None:
         raise ConfigError(f"--steps={args.steps} does not split over {blocks} blocks; use a multiple of {blocks}")
     if args.temperature < 0 or args.cfg_scale < 0:
         raise ConfigError("--temperature and --cfg-scale must be >= 0")
+    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+        raise ConfigError(f"--threshold={args.threshold} is not a confidence; give a value in (0, 1], e.g. 0.9")
+    if args.factor is not None and args.factor <= 0:
+        raise ConfigError(f"--factor={args.factor} must be positive (Fast-dLLM uses about 1)")
     if longest_prompt + args.gen_length > max_seq_len:
         raise ConfigError(
             f"prompt ({longest_prompt} tokens) + --gen-length={args.gen_length} exceeds the model's "
@@ -64,11 +77,16 @@ def check_args(args, max_seq_len: int, longest_prompt: int) -> None:
 
 
 def inference_mesh(directory, overrides):
-    """The mesh of the checkpoint's config with --config.mesh.* overrides (the only overrides that apply)."""
+    """A mesh for the devices present: FSDP over all of them, or the --config.mesh.* overrides given.
+
+    The training mesh is not reused: a checkpoint written on 8 devices must load on a laptop's one.
+    Params are resharded onto this mesh on load.
+    """
     from llada_jax import checkpoint, sharding
     from llada_jax.config import ConfigError, apply_override
 
     config = checkpoint.read_config(checkpoint.resolve(directory))
+    config.mesh.update({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1, "dcn_fsdp": 1, "dcn_tensor": 1})
     for item in overrides:
         if not item.startswith("--config.mesh."):
             raise ConfigError(f"{item.split('=')[0]} does not apply here; the model comes from the checkpoint "
@@ -80,8 +98,9 @@ def inference_mesh(directory, overrides):
 def run(args, overrides) -> int:
     import jax
 
-    from llada_jax import checkpoint, sampling
+    from llada_jax import checkpoint, sampling, serving_params
     from llada_jax.data.vocab import get_vocabulary
+    from llada_jax.progress import stderr
 
     prompts = read_prompts(args)
     mesh = inference_mesh(args.checkpoint, overrides)
@@ -89,21 +108,27 @@ def run(args, overrides) -> int:
     vocab = get_vocabulary(config)
     encoded = [vocab.encode(p) for p in prompts]
     check_args(args, config.model.max_seq_len, max(len(e) for e in encoded))
+    dtype = serving_params.serving_dtype(args.param_dtype)
     graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
+    params = serving_params.cast_params(params, dtype)
     ids, valid = sampling.left_pad(encoded, vocab.pad_id)
+    stderr(f"sample: decoding {len(prompts)} x {args.gen_length} tokens in up to {args.steps} forward passes "
+           "(compiling the decoder first) ...")
+    began = time.perf_counter()
     with jax.set_mesh(mesh):
         out, trace, passes = sampling.generate(
             graphdef, params, ids, valid, jax.random.key(args.seed), gen_length=args.gen_length, steps=args.steps,
             block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
             remasking=args.remasking, mask_id=config.model.mask_token_id, threshold=args.threshold,
-            kv_cache=args.kv_cache, eos_id=None if args.no_early_stop else vocab.eos_id)
+            factor=args.factor, cache=args.cache, eos_id=None if args.no_early_stop else vocab.eos_id)
     for prompt, row in zip(prompts, jax.device_get(out)):
         text = vocab.decode(sampling.crop_at_eos(row[ids.shape[1]:], vocab.eos_id))
         print(f"=== {prompt}\n{text}")
-    print(f"({int(passes)} forward passes for {len(prompts)} x {args.gen_length} tokens)")
+    print(f"({int(passes)} forward passes for {len(prompts)} x {args.gen_length} tokens, "
+          f"{time.perf_counter() - began:.1f} s with the compilation)")
     if args.trace:
         from llada_jax import trace_plot
 
-        trace_plot.save(jax.device_get(trace)[:, ids.shape[1]:], args.trace, args.block_length)
-        print(f"reveal trace written to {args.trace}")
+        legend = trace_plot.save(jax.device_get(trace)[:, ids.shape[1]:], args.trace, args.block_length)
+        print(f"reveal trace written to {args.trace}: {legend}")
     return 0

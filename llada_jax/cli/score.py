@@ -17,6 +17,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (mini-batch)")
     parser.add_argument("--cfg-scale", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="cast params once at load (auto: bfloat16 on GPU/TPU, as stored on CPU)")
 
 
 def _check_item(item, where: str) -> None:
@@ -64,10 +66,11 @@ def read_items(path: str) -> list[dict]:
 def run(args, overrides) -> int:
     import jax
 
-    from llada_jax import checkpoint, likelihood
+    from llada_jax import checkpoint, likelihood, serving_params
     from llada_jax.config import ConfigError
     from llada_jax.data.vocab import get_vocabulary
     from llada_jax.cli.sample import inference_mesh
+    from llada_jax.progress import Progress, fmt_time, stderr
 
     if args.mc_num <= 0 or args.batch_size <= 0 or args.cfg_scale < 0:
         raise ConfigError("--mc-num and --batch-size must be positive and --cfg-scale >= 0")
@@ -84,11 +87,16 @@ def run(args, overrides) -> int:
             raise ConfigError(f"item {n} has {longest} prompt + answer tokens, more than the model's "
                               f"max_seq_len={config.model.max_seq_len}; shorten it")
         encoded.append((prompt, answers))
+    dtype = serving_params.serving_dtype(args.param_dtype)
     graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
+    params = serving_params.cast_params(params, dtype)  # once, not per forward pass
     key = jax.random.key(args.seed)
     correct = labelled = 0
+    progress = Progress(len(items))
     with jax.set_mesh(mesh):
         for n, (item, (prompt, answers)) in enumerate(zip(items, encoded)):
+            if n == 0:
+                stderr(f"score: {len(items)} items x {args.mc_num} samples (the first item compiles) ...")
             # one key per item: the choices share their random numbers, so their comparison is less noisy
             scores = [likelihood.log_likelihood(graphdef, params, prompt, a, jax.random.fold_in(key, n),
                                                 mask_id=config.model.mask_token_id, mc_num=args.mc_num,
@@ -103,6 +111,8 @@ def run(args, overrides) -> int:
                     record["correct"] = record["pick"] == item["label"]
                     correct += int(record["correct"])
             print(json.dumps(record), flush=True)
+            if progress.due(n + 1):
+                stderr(f"score: item {n + 1}/{len(items)} | {fmt_time(progress.elapsed())} elapsed | ETA {progress.eta()}")
     if labelled:
         print(json.dumps({"accuracy": correct / labelled, "labelled": labelled}))
     return 0

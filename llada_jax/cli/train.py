@@ -16,10 +16,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, overrides) -> int:
-    from llada_jax import distributed, loop
-    from llada_jax.config import load_config
+    from llada_jax.config import load_config, validate
 
     config = load_config(args.config, overrides)
+    validate(config)  # field errors before JAX is imported (the mesh is checked once devices are known)
+    from llada_jax import distributed, loop
+
     distributed.initialize(config.distributed)
     if args.init_from:
         config.train.init_from = args.init_from

@@ -1,0 +1,62 @@
+"""`llada-jax demo`: its pieces, and a shortened run of configs/demo.py that must keep learning."""
+import json
+import os
+
+import pytest
+
+from llada_jax import demo
+from llada_jax.cli import main
+from llada_jax.data import chat, synthetic_tasks
+
+
+def test_task_prompts_are_trained_bare():
+    messages = [{"role": "user", "content": "sort 5391="}, {"role": "assistant", "content": "1359"}]
+    assert chat.TEMPLATES[demo.TEMPLATE](messages[:1], False) == "sort 5391="
+
+
+def test_task_file_is_rewritten_only_when_it_changes(tmp_path):
+    examples = synthetic_tasks.examples("sorting", 3, seed=0, size=4)
+    path = demo.write_sft_jsonl(str(tmp_path / "task" / "train.jsonl"), examples)
+    lines = [json.loads(line) for line in open(path)]
+    assert lines == [{"prompt": e.prompt, "response": e.answer} for e in examples]
+    os.utime(path, (1, 1))  # an unchanged file keeps its time, so its prepared cache stays valid
+    demo.write_sft_jsonl(path, examples)
+    assert os.path.getmtime(path) == 1
+    demo.write_sft_jsonl(path, examples[:2])
+    assert os.path.getmtime(path) > 1 and len(open(path).readlines()) == 2
+
+
+def test_report_counts_exact_matches_and_the_prompt_blind_baseline():
+    test = [synthetic_tasks.Example("sort 31=", "13"), synthetic_tasks.Example("sort 22=", "22")]
+    train = [synthetic_tasks.Example("sort 21=", "12"), synthetic_tasks.Example("sort 22=", "22"),
+             synthetic_tasks.Example("sort 22=", "22")]
+    assert demo.prompt_blind_accuracy(train, test) == 0.5  # always answering "22"
+    lines = demo.report(test, ["13", " 2 "], shown=2, baseline=0.5)
+    assert lines[0].split() == ["sort", "31=13", "ok"] and "wrong (expected 22)" in lines[1]
+    assert lines[-1].startswith("held-out accuracy: 1/2 = 50.0% exact match") and "prompt: 50.0%" in lines[-1]
+
+
+def test_generation_length_is_the_trained_answer_region():
+    assert demo.gen_length_for(seq_len=16, longest_prompt=10) == 4
+    assert demo.gen_length_for(seq_len=32, longest_prompt=10) == 20
+    with pytest.raises(Exception, match="raise train.seq_len"):
+        demo.gen_length_for(seq_len=12, longest_prompt=10)
+
+
+# A measured run of this test's command (8 simulated CPU devices) ended at eval loss 0.160 and 35/40 = 87.5%
+# held-out accuracy, against a unigram entropy of 2.77 nats and 0% for answering without reading the prompt.
+EVAL_LOSS_AFTER_150_STEPS = 0.4
+ACCURACY_AFTER_150_STEPS = 50.0
+
+
+@pytest.mark.slow
+def test_shortened_demo_learns_to_sort(tmp_path, capsys):
+    """configs/demo.py for 150 of its 600 steps on 4,000 problems must already sort most held-out ones."""
+    args = ["demo", f"--workdir={tmp_path}", "--train-examples=4000", "--test-examples=40", "--show=2",
+            "--config.train.steps=150", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    final = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["final"] and final["eval_loss"] < EVAL_LOSS_AFTER_150_STEPS, final
+    accuracy = float(out.split("held-out accuracy: ")[1].split("=")[1].split("%")[0])
+    assert accuracy >= ACCURACY_AFTER_150_STEPS, out[-2000:]
