@@ -375,9 +375,26 @@ def test_task_settings_take_defaults_then_the_preset_then_the_flags():
     shots, settings = task_settings("local_mc", None, {"estimator": "official"}, 3)
     assert shots == 3 and settings.estimator == "official" and settings.mc_num == EvalSettings().mc_num
     # lm_eval --model_args strings, typed by the field they set
-    assert [parse_value("cfg_scale", "0.5"), parse_value("kv_cache", "True"), parse_value("threshold", "none"),
+    assert [parse_value("cfg_scale", "0.5"), parse_value("check_greedy", "True"), parse_value("threshold", "none"),
             parse_value("mc_num", "64")] == [0.5, True, None, 64]
     with pytest.raises(ConfigError, match="mc_nums is not a llada_jax eval setting"):
         parse_value("mc_nums", "4")
     with pytest.raises(ConfigError, match="steps=99 does not split over 2 blocks"):
         EvalSettings(gen_length=64, block_length=32, steps=99).check()
+
+
+def test_generate_until_fast_modes_match_the_sample_cli(run, capsys):
+    """threshold parallel decoding with the prefix cache, through the harness model's API and `sample`."""
+    from types import SimpleNamespace
+
+    from llada_jax.eval.harness_model import LladaJaxLM
+
+    export, _, _ = run
+    lm = LladaJaxLM(export, threshold="0.5", cache="prefix", gen_batch_size="8",
+                    **{k: str(v) for k, v in GEN.items()})
+    got = lm.generate_until([SimpleNamespace(args=(d["prompt"], {"until": ["\n"]})) for d in GEN_DOCS])
+    assert main(["sample", f"--checkpoint={export}", *[f"--prompt={d['prompt']}" for d in GEN_DOCS],
+                 "--threshold=0.5", "--cache=prefix", *[f"--{k.replace('_', '-')}={v}" for k, v in GEN.items()]]) == 0
+    text = capsys.readouterr().out
+    for doc, answer in zip(GEN_DOCS, got):
+        assert answer == req_lib.cut_at_stops(text.split(f"=== {doc['prompt']}\n", 1)[1], ["\n"])
