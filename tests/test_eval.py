@@ -213,6 +213,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_on_loopback_equal_the_one_process_run(run, tmp_path):
     """Two JAX processes with 4 CPU devices each (one 8-device mesh, as the one-process run has): each feeds
     its share of every pass, only process 0 writes, and the numbers are those of the one-process run."""
