@@ -22,12 +22,13 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from llada_jax import model as model_lib
-from llada_jax import sharding
+from llada_jax import output_dirs, sharding
 from llada_jax.config import ConfigError, ModelConfig
 from llada_jax.preemption import hard_exit
 
 PARAMS_ITEM = "params"
 CONFIG_FILE = "config.json"
+SET_ASIDE = "unusable-step-"  # a step that failed to restore is renamed to this prefix + its number, never deleted
 
 
 def as_path(path) -> epath.Path:
@@ -37,15 +38,16 @@ def as_path(path) -> epath.Path:
     return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
-def save_params(directory, params, config: ml_collections.ConfigDict, *, overwrite: bool = False) -> epath.Path:
+def save_params(directory, params, config: ml_collections.ConfigDict, *, overwrite: bool = False,
+                flag: str = "the export folder") -> epath.Path:
     """Writes a params-only checkpoint (params/ + config.json).
 
-    The new export is written completely into a sibling folder first and only then swapped in, so a crash
-    at any point leaves either the old export or the new one, never a half-written folder in its place.
+    The destination must be new or empty unless `overwrite`; then only its `params/` and config.json are
+    replaced and any other file in it is kept (output_dirs). The new export is written completely into a
+    sibling folder first and only then swapped in, so a crash leaves the old export or the new one.
     """
     directory = as_path(directory)
-    if (directory / PARAMS_ITEM).exists() and not overwrite:
-        raise FileExistsError(f"{directory} already holds a params checkpoint; choose another folder or pass overwrite")
+    output_dirs.check_folder(directory, flag=flag, overwrite=overwrite)
     staging = directory.parent / f"{directory.name}.incomplete"
     if jax.process_index() == 0 and staging.exists():
         staging.rmtree()  # left by an earlier crash mid-export
@@ -56,15 +58,7 @@ def save_params(directory, params, config: ml_collections.ConfigDict, *, overwri
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
         (staging / CONFIG_FILE).write_text(config.to_json(indent=2))
-        if directory.exists():
-            old = directory.parent / f"{directory.name}.old"
-            if old.exists():
-                old.rmtree()
-            directory.rename(old)
-            staging.rename(directory)
-            old.rmtree()
-        else:
-            staging.rename(directory)
+        output_dirs.swap_in(staging, directory, (PARAMS_ITEM, CONFIG_FILE))
     _sync("llada_export_done")
     return directory
 
@@ -81,7 +75,14 @@ def read_config(directory) -> ml_collections.ConfigDict:
     directory = as_path(directory)
     for path in (directory / CONFIG_FILE, directory / "config" / "metadata"):
         if path.exists():
-            return ml_collections.ConfigDict(json.loads(path.read_text()))
+            try:
+                saved = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                raise ConfigError(f"{path} is not valid JSON: the checkpoint is damaged; use another step or "
+                                  "export it again") from None
+            if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+                raise ConfigError(f"{path} holds no model config: the checkpoint is damaged; use another step")
+            return ml_collections.ConfigDict(saved)
     raise ConfigError(f"{directory} has no {CONFIG_FILE}; it is not a llada_jax checkpoint")
 
 
@@ -144,9 +145,57 @@ def load_params(directory, mesh=None, config=None):
         check_model_matches(saved, config, directory)
     if mesh is None:
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(directory / PARAMS_ITEM, abstract_params(saved.model, mesh))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(directory / PARAMS_ITEM, abstract_params(saved.model, mesh))
+    except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds for a damaged folder
+        raise ConfigError(f"the checkpoint in {directory} cannot be read ({first_line(e)}); it is corrupt or "
+                          "incomplete: use another step or write it again") from None
     return params, saved
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The gist of an exception for a one-sentence message (Orbax/TensorStore errors span many lines)."""
+    text = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
+    text = text.split(" [source locations=")[0].split("See full TensorStore details")[0].strip()
+    return (text[:limit] + "...") if len(text) > limit else text
+
+
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (disk full, permissions, bucket gone); the message says which step and
+    which earlier step is the last good one."""
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+@jax.jit
+def _abs_sums(tree):
+    return [jax.numpy.sum(jax.numpy.abs(x.astype(jax.numpy.float32))) for x in jax.tree.leaves(tree)
+            if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+
+
+def checksums(params, opt_state) -> list[float]:
+    """Sum of |x| of every float array: stored with each checkpoint and compared on restore, so bytes damaged
+    on storage are caught even when they decode to finite numbers. (Summing on another mesh reorders the
+    float32 additions, hence the tolerance in verify_restored.)"""
+    return [float(x) for x in jax.device_get(_abs_sums((params, opt_state)))]
+
+
+def verify_restored(state, meta) -> str | None:
+    """None when a restored state is finite and matches the checksums saved with it, else why not."""
+    sums = checksums(state.params, state.opt_state)
+    if not all(map(_finite, sums)):
+        return "it holds NaN or infinite values"
+    saved = meta.get("checksums") if isinstance(meta, dict) else None
+    if saved is not None:
+        if len(saved) != len(sums):
+            return "its checksums do not match its arrays"
+        for got, want in zip(sums, saved):
+            if abs(got - want) > 1e-4 * max(abs(want), 1.0):
+                return "its data does not match the checksums written with it"
+    return None
 
 
 class RunCheckpointer:
@@ -171,6 +220,7 @@ class RunCheckpointer:
         self.every_steps, self.every_minutes = int(c.every_steps), float(c.every_minutes)
         self.timeout_s = float(c.get("timeout_s", 900.0))
         self._last_save_time = self.clock()
+        self._pending_step = self._good_step = None  # the save in flight; the newest save known to be complete
         self._check_directory()
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -191,18 +241,63 @@ class RunCheckpointer:
         entries = [p for p in self.directory.iterdir() if not p.name.startswith(".")]
         steps = [p for p in entries if p.name.isdigit()]
         foreign = [p.name for p in entries if not p.name.isdigit() and "tmp" not in p.name
-                   and p.name not in ("_CHECKPOINT_METADATA", "descriptor")]
+                   and p.name not in ("_CHECKPOINT_METADATA", "descriptor") and not p.name.startswith(SET_ASIDE)]
         if foreign or any(not (p / PARAMS_ITEM).exists() and not (p / "_CHECKPOINT_METADATA").exists() for p in steps):
             raise ConfigError(
                 f"{self.directory} holds files that are not llada_jax checkpoints ({', '.join(sorted(foreign)[:3]) or 'step folders without params'}); "
                 "choose another --workdir"
             )
-        if steps:
-            check_model_matches(read_config(self.directory / max(steps, key=lambda p: int(p.name)).name), self.config,
-                                self.directory)
+        for step in sorted(steps, key=lambda p: -int(p.name)):  # the newest step whose config still reads
+            try:
+                saved = read_config(step)
+            except (ConfigError, ValueError, OSError):
+                continue  # a damaged step: restore_newest_good says so and falls back
+            check_model_matches(saved, self.config, self.directory)
+            break
 
     def latest_step(self):
         return self.manager.latest_step()
+
+    def restore_newest_good(self, abstract_state, log):
+        """(state, meta) of the newest step that restores cleanly, or None when the run has no checkpoint.
+
+        A step that cannot be read, holds non-finite values or fails its checksums is skipped with one
+        sentence through `log`, and renamed to unusable-step-N (kept for inspection, out of Orbax's way) once
+        an older good step is found. When no step restores, ConfigError lists why for each.
+        """
+        problems = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                read_config(self.directory / str(step))  # what sampling and conversion read from this step
+                state, meta = self.restore(abstract_state, step)
+                problem = verify_restored(state, meta)
+            except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds for damaged files
+                problem = f"it cannot be read: {first_line(e)}"
+            if problem is None:
+                for bad, why in problems:
+                    log(f"checkpoint step {bad} is unusable ({why}); resuming from step {step}, the newest step "
+                        f"that restores cleanly (step {bad} is kept as {self.directory / (SET_ASIDE + str(bad))})")
+                self._set_aside([bad for bad, _ in problems])
+                self._good_step = step
+                return state, meta
+            problems.append((step, problem))
+        if problems:
+            listed = "; ".join(f"step {bad}: {why}" for bad, why in problems[:3])
+            raise ConfigError(f"no checkpoint in {self.directory} restores cleanly ({listed}); move that folder "
+                              "aside to start afresh, or restore it from a backup")
+        return None
+
+    def _set_aside(self, steps) -> None:
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                target = self.directory / f"{SET_ASIDE}{step}"
+                if target.exists():
+                    target = self.directory / f"{SET_ASIDE}{step}-{int(time.time())}"
+                (self.directory / str(step)).rename(target)
+        _sync("llada_set_aside_unusable_steps")
+        self.manager.reload()
 
     def due(self, step: int) -> bool:
         """Whether to save after `step`: the same answer on every host (call it on all of them, every step)."""
@@ -211,23 +306,54 @@ class RunCheckpointer:
             return by_steps
         return agreed_by_process_0(self.clock() - self._last_save_time >= 60 * self.every_minutes)
 
-    def save(self, step: int, state, data_state: dict) -> float:
-        """Starts (async) or does (sync) a save; returns the seconds the step loop was blocked."""
+    def save(self, step: int, state, data_state: dict) -> float | None:
+        """Starts (async) or does (sync) a save; returns the seconds the step loop was blocked, or None when the
+        state holds non-finite values and nothing was saved (a bad state must never rotate out a good one)."""
         start = time.perf_counter()
-        meta = {"step": int(step), "data": data_state, "process_count": jax.process_count()}
-        with deadline(self.timeout_s, f"the checkpoint save of step {step}"):
-            self.manager.save(
-                step,
-                args=ocp.args.Composite(**{
-                    PARAMS_ITEM: ocp.args.StandardSave(state.params),
-                    "opt_state": ocp.args.StandardSave(state.opt_state),
-                    "meta": ocp.args.JsonSave(meta),
-                    "config": ocp.args.JsonSave(self.config.to_dict()),
-                }),
-                force=True,
-            )
+        sums = checksums(state.params, state.opt_state)
+        if not all(map(_finite, sums)):
+            return None
+        meta = {"step": int(step), "data": data_state, "process_count": jax.process_count(), "checksums": sums}
+        self.wait()  # the previous save must be complete (and known good) before another one may rotate steps out
+        try:
+            with deadline(self.timeout_s, f"the checkpoint save of step {step}"):
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(**{
+                        PARAMS_ITEM: ocp.args.StandardSave(state.params),
+                        "opt_state": ocp.args.StandardSave(state.opt_state),
+                        "meta": ocp.args.JsonSave(meta),
+                        "config": ocp.args.JsonSave(self.config.to_dict()),
+                    }),
+                    force=True,
+                )
+        except OSError as e:  # a synchronous write failed (sync saves, or the start of an async one)
+            raise CheckpointWriteError(self._write_failure(int(step), e)) from None
         self._last_save_time = self.clock()
+        self._pending_step = int(step)
         return time.perf_counter() - start
+
+    def check_saved(self) -> None:
+        """Raises CheckpointWriteError with one sentence once a background save has failed (called every step,
+        so a full disk stops the run at the next step instead of a save interval later)."""
+        if self._pending_step is None or self.manager.is_saving_in_progress():
+            return
+        step, self._pending_step = self._pending_step, None
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001 - whatever the storage raised, the user needs one sentence
+            raise CheckpointWriteError(self._write_failure(step, e)) from None
+        self._good_step = step
+
+    def _write_failure(self, step: int, error: BaseException) -> str:
+        good = self._good_step
+        last = f"step {good} is the last good one" if good is not None else "no checkpoint of this run was written"
+        cause = error
+        while cause.__cause__ is not None or cause.__context__ is not None:  # the OSError under Orbax's wrappers
+            cause = cause.__cause__ or cause.__context__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else first_line(cause)
+        return (f"checkpoint step {step} could not be written to {self.directory}: {reason}; {last}. Free space or "
+                "fix the storage, then run the same command to resume")
 
     def restore(self, abstract_state, step=None):
         """(state, meta) of `step` (default: the latest), resharded onto `abstract_state`'s shardings."""
@@ -245,12 +371,23 @@ class RunCheckpointer:
         return state, restored["meta"]
 
     def wait(self) -> None:
-        with deadline(self.timeout_s, "finishing the checkpoint writes"):
-            self.manager.wait_until_finished()
+        """Blocks until the pending save is on storage; a failed one raises CheckpointWriteError."""
+        try:
+            with deadline(self.timeout_s, "finishing the checkpoint writes"):
+                self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            if self._pending_step is None:
+                raise
+            step, self._pending_step = self._pending_step, None
+            raise CheckpointWriteError(self._write_failure(step, e)) from None
+        self.check_saved()
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        """Finishes the pending save and releases Orbax's threads; safe to call after an error (in `finally`)."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def agreed_by_process_0(flag: bool) -> bool:

@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 from typing import Sequence
 
@@ -110,7 +111,7 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     old = node[leaf]
     try:
         value = _parse_like(raw, old)
-    except ValueError:
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise ConfigError(
             f"--config.{dotted}={raw!r} is not a valid {type(old).__name__}; give a value like {old!r}"
         ) from None
@@ -139,12 +140,44 @@ def _parse_like(raw: str, old):
     return value
 
 
+# fields that count something and must not be negative (0 keeps its documented meaning, e.g. "never")
+NON_NEGATIVE = {
+    "train": ("eval_every", "eval_batches", "max_nonfinite_in_a_row"),
+    "checkpoint": ("every_steps", "every_minutes", "keep_last", "keep_every"),
+    "optimizer": ("eps", "warmup_steps", "final_ratio", "wsd_drop_ratio"),
+}
+
+
+def _numbers(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
+def check_finite_and_counts(config: ml_collections.ConfigDict) -> None:
+    """NaN or infinite numbers anywhere, and negative counts, are refused before anything runs: a NaN learning
+    rate would otherwise train to the end and export NaN weights, and -1 batches evaluate nothing."""
+    for name, value in _numbers(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}={value} is not a finite number; give a real value (see configs/base.py)")
+    for section, names in NON_NEGATIVE.items():
+        node = config.get(section) or {}
+        for name in names:
+            if name in node and node[name] < 0:
+                raise ConfigError(f"{section}.{name}={node[name]} must be >= 0 (0 means off / none)")
+    if config.train.get("eval_draws", 1) < 1:
+        raise ConfigError(f"train.eval_draws={config.train.eval_draws} must be at least 1")
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ConfigError with one sentence for the first invalid value found.
 
     Without `device_count` only the fields are checked, not the mesh: that needs no JAX, so the CLI reports a
     bad value before the heavy imports (in well under a second).
     """
+    check_finite_and_counts(config)
     m = config.model
     mc = ModelConfig.from_config(m)
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from llada_jax import safetensors_io
+from llada_jax import output_dirs, safetensors_io
 from llada_jax.config import ConfigError, ModelConfig
 
 # our per-layer key -> name inside a layer, per format
@@ -170,12 +170,14 @@ def _tokenizer_size(folder: epath.Path) -> int | None:
 _NOT_COPIED = ("config.json", "llada_jax_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard_bytes: int = 5 * 10**9) -> list[str]:
+def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard_bytes: int = 5 * 10**9,
+          overwrite: bool = False) -> list[str]:
     """Writes config.json and safetensors (sharded with an index above `max_shard_bytes`); returns the files.
 
     Streams: one stacked parameter is restored from the checkpoint at a time and written layer by layer, so
     the host needs about one parameter's memory, not the model's. Files are written under temporary names and
-    renamed when all are complete.
+    renamed when all are complete. A non-empty `out` needs `overwrite`, and then only the files an export
+    writes are replaced (stale shards of an earlier export removed); other files in it are kept.
     """
     from llada_jax import checkpoint as ckpt_lib
     from llada_jax import model as model_lib
@@ -192,9 +194,7 @@ def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard
     np_dtype = np.dtype(safetensors_io.DTYPES["BF16" if dtype == "bfloat16" else "F32"])
     plan = planned_tensors(cfg, shapes, fmt)
 
-    out = epath.Path(out)
-    if out.exists() and (list(out.glob("*.safetensors")) or (out / "config.json").exists()):
-        raise ConfigError(f"{out} already holds a Hugging Face checkpoint; choose an empty folder or delete it first")
+    out = output_dirs.check_folder(out, flag="--out", overwrite=overwrite)
     tok_dir = epath.Path(tokenizer) if tokenizer else None
     if tok_dir is not None:
         if not tok_dir.is_dir():
@@ -228,6 +228,7 @@ def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard
         return to_torch(key, array, layer is None)
 
     out.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_export(out)
     by_name = {e[0]: e for e in plan}
     partial = []
     try:
@@ -257,6 +258,17 @@ def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard
     (out / "config.json").write_text(json.dumps(hf, indent=2))  # last: a folder with config.json is complete
     written.append("config.json")
     return written
+
+
+_EXPORT_FILES = ("config.json", "llada_jax_config.json", "model.safetensors.index.json")
+
+
+def _remove_earlier_export(out: epath.Path) -> None:
+    """With --overwrite: an earlier export's weights and configs go (its shards would otherwise mix with the new
+    ones); every other file in the folder stays."""
+    for f in out.iterdir():
+        if f.is_file() and (f.name.endswith(".safetensors") or f.name in _EXPORT_FILES):
+            f.unlink()
 
 
 # config.json values the llada_jax model cannot represent: (field, value it must have, default when absent)
@@ -401,7 +413,8 @@ def _wrap_on_host(params):
     return jax.tree.map(lambda a: jax.device_put(a, cpu), params)
 
 
-def from_hf(hf_dir, out, base_config: ml_collections.ConfigDict, overrides=()) -> ml_collections.ConfigDict:
+def from_hf(hf_dir, out, base_config: ml_collections.ConfigDict, overrides=(), *,
+            overwrite: bool = False) -> ml_collections.ConfigDict:
     """Imports an HF folder into a params checkpoint usable by `train --init_from` and `sample`.
 
     Every tensor's name, shape and dtype is checked against config.json first. The float32 params are assembled
@@ -414,7 +427,14 @@ def from_hf(hf_dir, out, base_config: ml_collections.ConfigDict, overrides=()) -
     hf_dir = epath.Path(hf_dir)
     if not (hf_dir / "config.json").exists():
         raise ConfigError(f"{hf_dir} has no config.json; pass the folder of a Hugging Face checkpoint")
-    hf = json.loads((hf_dir / "config.json").read_text())
+    output_dirs.check_folder(out, flag="--out", overwrite=overwrite)  # before any work: never a late refusal
+    try:
+        hf = json.loads((hf_dir / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{hf_dir / 'config.json'} is not valid JSON ({e.__class__.__name__}); "
+                          "re-download the checkpoint's config.json") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{hf_dir / 'config.json'} is not a JSON object; re-download the checkpoint's config.json")
     config = import_config(hf, base_config, overrides)
     cfg = ModelConfig.from_config(config.model)
     fmt = "llama" if cfg.causal else "llada"
@@ -460,7 +480,7 @@ def from_hf(hf_dir, out, base_config: ml_collections.ConfigDict, overrides=()) -
                 value = from_torch(key, np.asarray(array, np.float32), ours, layer is None)
                 (params[key] if layer is None else params["blocks"][key][layer])[...] = value
         params = _wrap_on_host(params)
-        ckpt_lib.save_params(out, params, config)
+        ckpt_lib.save_params(out, params, config, overwrite=overwrite, flag="--out")
         del params
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 Everything with side effects (reading the corpus, checkpoints, signals, printing) is here; the math it
 drives is in train.py / diffusion.py / model.py. A run in a workdir that already has checkpoints continues
-from the latest; SIGTERM/SIGINT save at the next step boundary and return cleanly.
+from the newest one that restores cleanly; SIGTERM/SIGINT save at the next step boundary and return cleanly.
 
 After each step the loop walks a short list of hooks, each with its own cadence (logging every
 train.log_every steps, eval every train.eval_every, checkpoints by checkpoint.every_steps / every_minutes),
@@ -27,6 +27,7 @@ from llada_jax.metrics import MetricsWriter
 from llada_jax.preemption import PreemptionWatcher
 from llada_jax.progress import Progress, fmt_time
 from llada_jax.train import Trainer
+from llada_jax.workdir_lock import WorkdirLock, make_workdir
 
 
 def count_params(abstract_params) -> int:
@@ -87,16 +88,18 @@ def every(n: int, *, at_last: bool = False) -> Callable[[int, bool], bool]:
     return lambda done, is_last: (n > 0 and done % n == 0) or (at_last and is_last)
 
 
-def start_session(config, workdir, quiet: bool) -> Session:
-    """Checks the config, builds mesh, trainer, checkpointer, metrics writer and data; prints the header."""
-    validate(config, jax.device_count())
-    workdir = checkpoint.as_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+def start_session(config, workdir: epath.Path, quiet: bool) -> Session:
+    """Builds mesh, trainer, checkpointer, metrics writer and data; prints the header. The caller closes
+    `s.ckpt`; if building fails after the checkpointer exists, it is closed here (no Orbax shutdown traces)."""
     mesh = sharding.make_mesh(config.mesh)
     trainer = Trainer(config, mesh)
     ckpt = checkpoint.RunCheckpointer(workdir, config, mesh=mesh)
-    log = MetricsWriter(workdir, tensorboard=config.checkpoint.tensorboard, quiet=quiet)
-    batches, eval_sets, info = build_data(config)
+    try:
+        log = MetricsWriter(workdir, tensorboard=config.checkpoint.tensorboard, quiet=quiet)
+        batches, eval_sets, info = build_data(config)
+    except BaseException:
+        ckpt.close()
+        raise
     s = Session(config, workdir, mesh, trainer, ckpt, log, batches, eval_sets, info,
                 count_params(trainer.abstract_state.params))
     log.print(
@@ -108,10 +111,12 @@ def start_session(config, workdir, quiet: bool) -> Session:
 
 
 def restore_or_init(s: Session) -> None:
-    """The starting state: the latest checkpoint in the workdir, else train.init_from's params, else fresh."""
+    """The starting state: the newest checkpoint in the workdir that restores cleanly, else train.init_from's
+    params, else fresh. metrics.jsonl loses the records past the restored step (they are logged again)."""
     init_from = s.config.train.init_from
-    if s.ckpt.latest_step() is not None:
-        s.state, meta = s.ckpt.restore(s.trainer.sharded_abstract_state())
+    restored = s.ckpt.restore_newest_good(s.trainer.sharded_abstract_state(), s.log.print)
+    if restored is not None:
+        s.state, meta = restored
         s.batches.set_state(meta["data"])
         s.log.print(f"resuming from the checkpoint at step {int(s.state.step)} in {s.ckpt.directory}")
         step_dir = s.ckpt.directory / str(int(s.state.step))
@@ -127,6 +132,7 @@ def restore_or_init(s: Session) -> None:
     else:
         s.state = s.trainer.init_state()
     s.start_step = int(s.state.step)
+    s.record = s.log.resume_at(s.start_step)
     s.clock = (time.perf_counter(), s.start_step)
     s.progress = Progress(s.config.train.steps, start=s.start_step)
 
@@ -146,6 +152,7 @@ def count_skip(s: Session, flag, done: int) -> None:
 def train_one_step(s: Session, step: int) -> int:
     """Runs step `step`; the previous step's skip flag is read now, so the host never waits for the step it
     just queued (the last step's flag is read at once)."""
+    s.ckpt.check_saved()  # a failed background save stops the run here, one step later, in one sentence
     previous = s.metrics.get("skipped")
     batch = sharding.global_batch(next(s.batches), s.mesh)
     done = step + 1
@@ -195,8 +202,14 @@ def run_eval(s: Session, done: int) -> None:
 
 
 def save_checkpoint(s: Session, done: int) -> None:
-    """Hook: saves the step (async by default); the loop records how long the step loop was blocked."""
-    s.ckpt_block_s = s.ckpt.save(done, s.state, s.batches.get_state())
+    """Hook: saves the step (async by default); the loop records how long the step loop was blocked. A step in
+    a run of non-finite updates is never saved, so rotation can never push out the last good checkpoint."""
+    if s.skipped_in_a_row or int(s.metrics["skipped"]):
+        s.log.print(f"not saving step {done}: it is in a run of non-finite steps (the last checkpoint stays the newest)")
+    elif (blocked := s.ckpt.save(done, s.state, s.batches.get_state())) is None:
+        s.log.print(f"not saving step {done}: its state holds non-finite values")
+    else:
+        s.ckpt_block_s = blocked
 
 
 def default_hooks(s: Session) -> list[Hook]:
@@ -253,32 +266,54 @@ def export_params(s: Session, summary: dict) -> None:
     )
 
 
-def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None) -> dict:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a summary.
+def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None, watcher=None) -> dict:
+    """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns a summary.
 
     `stop_after` ends this invocation (with a checkpoint) after that many steps, for job-time limits: run
-    the same command again to continue.
+    the same command again to continue. SIGTERM/SIGINT are caught from the first line (pass the `watcher`
+    the CLI installed even earlier) to the last: before the first step the run ends cleanly with nothing to
+    save, in the loop it saves at the next step, during the final eval/export it finishes them. One run at a
+    time holds the workdir (a lock file).
     """
-    s = start_session(config, workdir, quiet)
-    restore_or_init(s)
-    hooks = default_hooks(s)
-    watcher = PreemptionWatcher(grace_s=config.checkpoint.get("timeout_s", 900))
+    watcher = watcher or PreemptionWatcher(grace_s=config.checkpoint.get("timeout_s", 900))
     try:
-        for step in range(s.start_step, config.train.steps):
-            done = train_one_step(s, step)
-            is_last = done == config.train.steps
-            s.stopping = stop_reason(s, watcher, done, stop_after, is_last)
-            for hook in hooks:
-                if hook.due(done, is_last):
-                    hook.action(s, done)
-            if s.stopping:
-                s.ckpt.wait()
-                s.log.print(f"{s.stopping}: saved step {done} to {s.ckpt.directory}; run the same command to resume")
-                return {"step": done, "stopped_early": s.stopping}
+        validate(config, jax.device_count())
+        workdir = make_workdir(workdir)
+        with WorkdirLock(workdir, active=jax.process_index() == 0, log=print):
+            s = start_session(config, workdir, quiet)
+            try:
+                return train_session(s, watcher, stop_after)
+            finally:
+                s.ckpt.close()
     finally:
         watcher.restore()
-        s.ckpt.close()
+
+
+def train_session(s: Session, watcher: PreemptionWatcher, stop_after: int | None) -> dict:
+    """Restores or initialises, runs the steps with their hooks, then the final eval and the params export."""
+    restore_or_init(s)
+    if watcher.requested:
+        s.log.print(f"received {watcher.signal_name} during start-up; stopped before step {s.start_step + 1} with "
+                    "nothing new to save; run the same command to start")
+        return {"step": s.start_step, "stopped_early": f"received {watcher.signal_name} during start-up"}
+    hooks = default_hooks(s)
+    steps = s.config.train.steps
+    for step in range(s.start_step, steps):
+        done = train_one_step(s, step)
+        is_last = done == steps
+        s.stopping = stop_reason(s, watcher, done, stop_after, is_last)
+        for hook in hooks:
+            if hook.due(done, is_last):
+                hook.action(s, done)
+        if s.stopping:
+            s.ckpt.wait()
+            s.log.print(f"{s.stopping}: saved step {s.ckpt.latest_step()} to {s.ckpt.directory}; run the same "
+                        "command to resume")
+            return {"step": done, "stopped_early": s.stopping}
+    s.ckpt.wait()
     summary = final_eval(s)
     s.log.close()
     export_params(s, summary)
+    if watcher.requested:  # a signal during the final eval/export: both were finished first
+        s.log.print(f"received {watcher.signal_name} during the final evaluation/export; finished them before exiting")
     return summary

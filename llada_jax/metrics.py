@@ -24,6 +24,30 @@ class MetricsWriter:
         if self.active and not self.quiet:
             print(text, flush=True)
 
+    def resume_at(self, step: int) -> dict:
+        """Drops records past the restored `step` (and any "final" record) so a resumed run logs each step
+        once; returns the last step record kept (what the summary reports if no step runs). The file is
+        rewritten under a temporary name and renamed, so a crash here loses nothing. TensorBoard event files
+        are append-only and left as they are (see the README)."""
+        if not self.active or not self.path.exists():
+            return {}
+        kept, last = [], {}
+        lines = self.path.read_text().splitlines()
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash mid-write
+            if isinstance(record, dict) and not record.get("final") and record.get("step", step + 1) <= step:
+                kept.append(line)
+                if "loss" in record:  # eval records have their own lines; the summary reports a train record
+                    last = record
+        if len(kept) < len(lines):
+            tmp = self.path.parent / f"{self.path.name}.tmp"
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
+        return last
+
     def write(self, record: dict) -> None:
         """Appends the record as one JSON line and logs its numeric fields as TensorBoard scalars."""
         if not self.active:

@@ -19,8 +19,6 @@ import socket
 import sys
 import threading
 
-import jax
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -80,6 +78,8 @@ class PreemptionWatcher:
 
     def should_stop(self, step: int) -> bool:
         """True on every process at the same step once any process was asked to stop."""
+        import jax  # imported here so the watcher can be installed before jax loads (signals during start-up)
+
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -90,6 +90,7 @@ class PreemptionWatcher:
         return self.requested
 
     def _agreed(self, step: int) -> bool:
+        import jax
         from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(jax.numpy.asarray(int(self.requested)))

@@ -7,6 +7,7 @@ byte range, then the raw little-endian bytes. Writing it directly lets conversio
 from __future__ import annotations
 
 import json
+import os
 import struct
 from typing import Iterator
 
@@ -51,8 +52,23 @@ def read_header(path) -> tuple[dict, int]:
             header = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError(f"{path} has a corrupt safetensors header; re-download or re-export it") from None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path} has a corrupt safetensors header; re-download or re-export it")
     header.pop("__metadata__", None)
+    _check_data_present(path, header, 8 + length)
     return header, 8 + length
+
+
+def _check_data_present(path, header: dict, start: int) -> None:
+    """A truncated download has a complete header but too few bytes after it: refuse it before any reshape."""
+    try:
+        end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ConfigError(f"{path} has a corrupt safetensors header; re-download or re-export it") from None
+    size = os.path.getsize(path)
+    if size < start + end:
+        raise ConfigError(f"{path} is truncated ({size:,} bytes, its header needs {start + end:,}); "
+                          "re-download or re-export it")
 
 
 def iterate(path) -> Iterator[tuple[str, np.ndarray]]:

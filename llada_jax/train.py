@@ -187,10 +187,11 @@ def train_step(graphdef, config, tx, schedule, state: TrainState, batch):
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    # A non-finite loss or gradient skips the update (params and optimizer moments stay as they were);
-    # the loop counts skips and halts after too many in a row.
+    # A non-finite loss, gradient, update or resulting param skips the update (params and optimizer moments
+    # stay as they were); the loop counts skips and halts after too many in a row. Checking the params too
+    # catches what a finite gradient can still produce (an overflowing learning rate or optimizer state).
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params) & all_finite(opt_state)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     metrics = {
@@ -203,6 +204,12 @@ def train_step(graphdef, config, tx, schedule, state: TrainState, batch):
         "lr": schedule(updates_applied(state.opt_state)),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def all_finite(tree) -> jax.Array:
+    """True when every float in the tree is finite (a scalar; integers such as optimizer counts pass)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
 
 def eval_step(graphdef, config, params, batch, index=0, draw=0, draws=1):

@@ -172,7 +172,7 @@ def test_params_export_is_swapped_in_only_when_complete(tmp_path):
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "params"]
     checkpoint.save_params(tmp_path / "export", {"w": np.zeros((4,), np.float32)}, config, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
-    with pytest.raises(FileExistsError, match="already holds a params checkpoint"):
+    with pytest.raises(ConfigError, match="is not empty"):
         checkpoint.save_params(tmp_path / "export", first, config)
 
 

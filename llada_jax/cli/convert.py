@@ -38,6 +38,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="bfloat16", help="to-hf: bfloat16 or float32")
     parser.add_argument("--tokenizer", default=None, help="to-hf: tokenizer folder to copy alongside")
     parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out, replacing only the files the conversion writes")
     parser.add_argument("--config", default=None,
                         help="from-hf: config whose non-model fields the imported checkpoint carries (default: the "
                              "llada_jax_config.json an export left in the folder, else configs/base.py); "
@@ -52,13 +54,14 @@ def run(args, overrides) -> int:
         if not args.checkpoint:
             raise ConfigError("convert to-hf needs --checkpoint=CKPT (a params export or a run workdir)")
         files = convert.to_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
-                              max_shard_bytes=parse_size(args.max_shard_size))
+                              max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite)
         print(f"wrote {len(files)} files to {args.out}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}")
     else:
         if not args.hf_dir:
             raise ConfigError("convert from-hf needs --hf-dir=DIR (a folder with config.json and safetensors)")
         config_path = args.config or default_import_config(args.hf_dir)
-        config = convert.from_hf(args.hf_dir, args.out, load_config(config_path, overrides), overrides)
+        config = convert.from_hf(args.hf_dir, args.out, load_config(config_path, overrides), overrides,
+                                 overwrite=args.overwrite)
         m = config.model
         print(f"imported {m.n_layers} x {m.d_model} ({'causal' if m.causal else 'bidirectional'}) into {args.out}")
     return 0

@@ -38,6 +38,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=float, default=None, help="evaluate only the first N documents per task")
     parser.add_argument("--output", default=None, help="write the results JSON here")
     parser.add_argument("--log-samples", action="store_true", help="keep per-document outputs in --output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     for name, kind in SETTING_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         if kind is None:
@@ -74,7 +75,10 @@ def run(args, overrides) -> int:
     import os
 
     from llada_jax.config import ConfigError
+    from llada_jax.output_dirs import check_file
 
+    if args.output:  # refused before hours of evaluation, never after
+        check_file(args.output, flag="--output", overwrite=args.overwrite)
     try:
         import lm_eval  # noqa: F401  (the [eval] extra)
     except ImportError as e:
@@ -99,7 +103,8 @@ def run(args, overrides) -> int:
         return 0
     print(runner.results_table(merged))
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
+        with open(f"{args.output}.incomplete", "w", encoding="utf-8") as f:  # renamed only once complete
             json.dump(merged, f, indent=2, default=str)
+        os.replace(f"{args.output}.incomplete", args.output)
         print(f"results written to {args.output}")
     return 0

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     from llada_jax.data.sources import SOURCES
 
     parser.add_argument("--output", default="", help="folder to write (re-running the same command resumes it)")
-    parser.add_argument("--source", default="pydoc", choices=SOURCES,
-                        help="pydoc (CPython docs, no download), text files, jsonl, parquet, seqio, sft_jsonl")
+    parser.add_argument("--source", default=None, choices=SOURCES,
+                        help="pydoc (CPython docs, no download), text files, jsonl, parquet, seqio, sft_jsonl; default: "
+                             "from --input's extension (.txt/.md text, .jsonl jsonl, .parquet parquet), else pydoc")
     parser.add_argument("--input", default="", help="files or globs, comma-separated (text/jsonl/parquet/sft_jsonl)")
     parser.add_argument("--field", default="text", help="JSONL key or Parquet column holding the text")
     parser.add_argument("--seqio-task", default="", help="registered seqio Task or Mixture (source=seqio)")
@@ -27,6 +29,29 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-fraction", type=float, default=0.01, help="share of the text held out as the eval split")
     parser.add_argument("--chat-template", default="auto", help="sft_jsonl: auto | plain | llada")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad document instead of skipping it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="prepare again into a folder holding another or outdated dataset (only its files go)")
+
+
+INPUT_EXTENSIONS = {".txt": "text", ".md": "text", ".rst": "text", ".text": "text", ".jsonl": "jsonl",
+                    ".json": "jsonl", ".parquet": "parquet"}
+
+
+def infer_source(source, input_paths: str) -> str:
+    """--source when given, else what --input's extension says; an --input the source never reads is refused."""
+    from llada_jax.config import ConfigError
+
+    if source in ("pydoc", "seqio") and input_paths:
+        raise ConfigError(f"--source={source} does not read --input={input_paths}; drop --input, or pass "
+                          "--source=text, jsonl, parquet or sft_jsonl for files")
+    if source or not input_paths:
+        return source or "pydoc"
+    first = input_paths.split(",")[0].strip()
+    ext = os.path.splitext(first)[1].lower()
+    if ext not in INPUT_EXTENSIONS:
+        raise ConfigError(f"cannot tell how to read --input={first} from its extension; pass --source=text, jsonl, "
+                          "parquet or sft_jsonl")
+    return INPUT_EXTENSIONS[ext]
 
 
 def run(args, overrides) -> int:
@@ -35,6 +60,7 @@ def run(args, overrides) -> int:
 
     if overrides:
         raise ConfigError(f"prepare takes no --config.* overrides (got {overrides[0]}); use its own flags")
+    args.source = infer_source(args.source, args.input)
     kw = {"path": args.input, "field": args.field, "include_stdlib_source": args.include_stdlib_source,
           "task": args.seqio_task, "split": args.seqio_split, "feature": args.seqio_feature,
           "import_module": args.import_module}
@@ -64,7 +90,7 @@ def run(args, overrides) -> int:
     vocab = vocab_lib.load_vocabulary(tokenizer, args.tokenizer_path)
     manifest = prepare.prepare(args.output, source=args.source, vocab=vocab, source_kw=kw,
                                docs_per_shard=args.docs_per_shard, eval_fraction=args.eval_fraction,
-                               chat_template=args.chat_template, strict=args.strict)
+                               chat_template=args.chat_template, strict=args.strict, overwrite=args.overwrite)
     tok = manifest["identity"]["tokenizer"]
     print(f"prepare: {args.output}: {manifest['splits']['train']['tokens']:,} train tokens; tokenizer {tok['name']} "
           f"(size {tok['size']}, mask {tok['mask_id']}, EOS {tok['eos_id']}); train with "

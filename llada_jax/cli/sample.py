@@ -35,6 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="decode every block even after each answer holds an EOS (the cropped text is the same)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", default=None, metavar="PNG", help="write which position was revealed at which step")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --trace file")
 
 
 def read_prompts(args) -> list[str]:
@@ -103,6 +104,10 @@ def run(args, overrides) -> int:
     from llada_jax.progress import stderr
 
     prompts = read_prompts(args)
+    if args.trace:
+        from llada_jax import output_dirs
+
+        output_dirs.check_file(args.trace, flag="--trace", overwrite=args.overwrite)  # before minutes of decoding
     mesh = inference_mesh(args.checkpoint, overrides)
     config = checkpoint.read_config(checkpoint.resolve(args.checkpoint))
     vocab = get_vocabulary(config)

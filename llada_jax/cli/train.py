@@ -16,14 +16,20 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, overrides) -> int:
-    from llada_jax.config import load_config, validate
+    from llada_jax.preemption import PreemptionWatcher
 
-    config = load_config(args.config, overrides)
-    validate(config)  # field errors before JAX is imported (the mesh is checked once devices are known)
-    from llada_jax import distributed, loop
+    watcher = PreemptionWatcher()  # first of all: a signal while jax loads ends the run cleanly, not in a traceback
+    try:
+        from llada_jax.config import load_config, validate
 
-    distributed.initialize(config.distributed)
-    if args.init_from:
-        config.train.init_from = args.init_from
-    loop.run(config, args.workdir, quiet=args.quiet, stop_after=args.stop_after)
+        config = load_config(args.config, overrides)
+        validate(config)  # field errors before JAX is imported (the mesh is checked once devices are known)
+        from llada_jax import distributed, loop
+
+        distributed.initialize(config.distributed)
+        if args.init_from:
+            config.train.init_from = args.init_from
+        loop.run(config, args.workdir, quiet=args.quiet, stop_after=args.stop_after, watcher=watcher)
+    finally:
+        watcher.restore()
     return 0

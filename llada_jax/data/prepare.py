@@ -8,7 +8,9 @@ the source again but only tokenizes shards whose stats file is missing.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 import time
 
@@ -28,6 +30,38 @@ def identity_for(source: str, vocab, source_kw: dict, docs_per_shard: int, eval_
     if source == "sft_jsonl":
         ident["chat_template"] = chat.resolve(chat_template, vocab)
     return ident
+
+
+def input_fingerprint(source: str, source_kw: dict) -> list[dict]:
+    """Size and SHA-256 of every input file: a manifest remembers them, so input rewritten after (or during) a
+    prepare is noticed instead of silently mixing old and new shards. Sources without files give []."""
+    if source not in ("text", "jsonl", "parquet", "sft_jsonl"):
+        return []
+    out = []
+    for path in sources.expand_paths(source_kw["path"], "--input"):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        out.append({"file": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": digest.hexdigest()})
+    return out
+
+
+def _changed(before: list[dict], after: list[dict]) -> str:
+    """The first input that differs between two fingerprints, for a one-sentence message."""
+    old = {f["file"]: f for f in before}
+    for f in after:
+        if old.get(f["file"]) != f:
+            return f["file"]
+    return next((f["file"] for f in before if f["file"] not in {g["file"] for g in after}), "")
+
+
+def _remove_own_files(output: str) -> None:
+    """--overwrite: the manifest and shards an earlier prepare wrote go; any other file stays."""
+    own = re.compile(r"^(manifest\.json|(train|eval)-\d{5}\.(array_record|json))(\.tmp-\d+)?$")
+    for name in os.listdir(output):
+        if own.match(name):
+            os.remove(os.path.join(output, name))
 
 
 def _size(doc) -> int:
@@ -66,9 +100,13 @@ class _Progress:
 
 
 def prepare(output: str, *, source: str, vocab, source_kw: dict, docs_per_shard: int = 10000,
-            eval_fraction: float = 0.0, chat_template: str = "auto", strict: bool = False,
+            eval_fraction: float = 0.0, chat_template: str = "auto", strict: bool = False, overwrite: bool = False,
             log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
-    """Writes (or finishes) the prepared folder `output`; returns its manifest."""
+    """Writes (or finishes) the prepared folder `output`; returns its manifest.
+
+    The manifest records each input file's size and SHA-256: input changed since (or during) an earlier
+    prepare is refused unless `overwrite`, which removes only the files a prepare writes and starts again.
+    """
     if docs_per_shard <= 0:
         raise ConfigError(f"docs_per_shard={docs_per_shard} must be positive")
     if not 0.0 <= eval_fraction < 1.0:
@@ -76,19 +114,30 @@ def prepare(output: str, *, source: str, vocab, source_kw: dict, docs_per_shard:
     if source == "seqio":
         sources.import_modules(source_kw.get("import_module", ""))
     ident = identity_for(source, vocab, source_kw, docs_per_shard, eval_fraction, chat_template)
-    existing = records.read_manifest(output)
-    if existing is not None:
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output={output} is a file, not a folder; name a new or empty folder")
+    inputs = input_fingerprint(source, source_kw)
+    existing = records.read_manifest(output) if os.path.isdir(output) else None
+    if existing is not None and overwrite:
+        _remove_own_files(output)
+    elif existing is not None:
         if existing["identity"] != ident:
             diff = sorted(k for k in set(ident) | set(existing["identity"]) if ident.get(k) != existing["identity"].get(k))
             raise ConfigError(f"{output} already holds a different dataset (its manifest differs in {', '.join(diff)}); "
-                              "choose another output folder or delete it")
+                              "choose another output folder or pass --overwrite to prepare it again")
+        if existing.get("inputs", inputs) != inputs:
+            raise ConfigError(f"the input {_changed(existing['inputs'], inputs)} changed since {output} was prepared "
+                              "from it; pass --overwrite to prepare it again, or choose another output folder")
         if existing.get("complete"):
-            log(f"prepare: {output} is already complete ({existing['splits']['train']['documents']:,} train documents)")
+            records.verify_shards(output, existing)
+            log(f"prepare: {output} is already complete and verified "
+                f"({existing['splits']['train']['documents']:,} train documents)")
             return existing
-    elif os.path.isdir(output) and os.listdir(output):
-        raise ConfigError(f"{output} is not empty and has no {records.MANIFEST}; choose an empty or new output folder")
+    elif os.path.isdir(output) and os.listdir(output) and not overwrite:
+        raise ConfigError(f"{output} is not empty and has no {records.MANIFEST}; choose an empty or new output folder, "
+                          "or pass --overwrite to write beside the files it holds")
     os.makedirs(output, exist_ok=True)
-    manifest = {"format": records.FORMAT, "identity": ident, "complete": False, "kind": ident["kind"]}
+    manifest = {"format": records.FORMAT, "identity": ident, "inputs": inputs, "complete": False, "kind": ident["kind"]}
     records.write_json_atomic(os.path.join(output, records.MANIFEST), manifest)
 
     template = ident.get("chat_template")
@@ -152,11 +201,16 @@ def prepare(output: str, *, source: str, vocab, source_kw: dict, docs_per_shard:
             "tokens": sum(s["tokens"] for s in shards[split]),
             "unigram_entropy": _entropy(counts),
             "unigram_counts": counts,
-            "shards": [{k: s[k] for k in ("file", "bytes", "documents", "tokens")} for s in shards[split]],
+            "shards": [{k: s[k] for k in ("file", "bytes", "documents", "tokens", "sha256", "mtime_ns") if k in s}
+                       for s in shards[split]],
         }
     if not splits["train"]["documents"]:
         raise ConfigError(f"the {source} source gave no usable training documents (skipped: {skipped.summary()}); "
                           "check the input path, field name and encoding")
+    if input_fingerprint(source, source_kw) != inputs:
+        raise ConfigError(f"the input {_changed(inputs, input_fingerprint(source, source_kw))} changed while {output} "
+                          "was being prepared, so its shards may mix old and new text; run the command again with "
+                          "--overwrite once the input is final")
     manifest.update(complete=True, splits=splits, skipped=dict(skipped))
     records.write_json_atomic(os.path.join(output, records.MANIFEST), manifest)
     log(progress.line() + f" | done: {splits['train']['documents']:,} train / {splits['eval']['documents']:,} eval "

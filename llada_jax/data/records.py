@@ -9,11 +9,13 @@ Layout of a prepared folder:
     eval-00000.array_record    held-out documents, same format
 
 Everything that reads a folder goes through `open_split`, which checks the manifest is complete, the tokenizer
-matches, and every shard has the size and record count the manifest promises (a truncated copy fails here,
-with the shard's name, instead of deep inside a worker).
+matches, and every shard has the size and record count the manifest promises, and the SHA-256 it recorded when
+the file was modified since (a truncated or damaged copy fails here, with the shard's name, instead of deep
+inside a worker mid-run).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -80,9 +82,39 @@ def write_shard(folder: str, split: str, index: int, records: list[bytes], stats
         writer.write(r)
     writer.close()
     os.replace(tmp, final)
-    stats = dict(stats, file=name, bytes=os.path.getsize(final), documents=len(records))
+    stats = dict(stats, file=name, bytes=os.path.getsize(final), documents=len(records), sha256=file_sha256(final),
+                 mtime_ns=os.stat(final).st_mtime_ns)
     write_json_atomic(stats_path(folder, split, index), stats)
     return stats
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_shard(path: str, shard: dict, *, always: bool = False) -> None:
+    """Compares a shard with the SHA-256 its manifest recorded: always, or (the cheap check at every start)
+    only when its modification time differs from the recorded one, i.e. the file was written since."""
+    want = shard.get("sha256")
+    if want is None or (not always and os.stat(path).st_mtime_ns == shard.get("mtime_ns")):
+        return
+    if file_sha256(path) != want:
+        raise ConfigError(f"shard {path} does not match the checksum in its manifest: it is corrupt; copy it again "
+                          "or prepare the folder again with --overwrite")
+
+
+def verify_shards(folder: str, manifest: dict) -> None:
+    """Every shard of a complete folder against its recorded size and SHA-256 (what `prepare` re-checks)."""
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            path = os.path.join(folder, shard["file"])
+            if not os.path.isfile(path) or os.path.getsize(path) != shard["bytes"]:
+                raise ConfigError(f"shard {path} is missing or truncated; prepare the folder again with --overwrite")
+            check_shard(path, shard, always=True)
 
 
 def finished_shard(folder: str, split: str, index: int) -> dict | None:
@@ -128,6 +160,7 @@ def open_split(folder: str, split: str, vocab=None):
         if size != shard["bytes"]:
             raise ConfigError(f"shard {path} has {size} bytes but the manifest says {shard['bytes']}: it is truncated "
                               "or changed; copy it again or prepare the folder again")
+        check_shard(path, shard)
         paths.append(path)
     if not paths:
         return manifest, None, info
