@@ -1,11 +1,12 @@
 """Requests/s of the harness model's batched paths against a one-request-at-a-time loop (the official class).
 
     python benchmarks/eval_throughput.py [--model=small|tiny] [--requests=64] [--mc-num=128] [--mc-batch-size=8]
-        [--rows-per-pass=512] [--gen-requests=16] [--gen-length=32] [--gen-batch-size=16]
+        [--rows-per-pass=64,512] [--gen-requests=16] [--gen-length=32] [--gen-batch-size=16]
 
 loglikelihood: the loop scores one request at a time, mc_num / mc_batch_size forward passes of mc_batch_size
 rows each (what the official get_loglikelihood does; `likelihood.log_likelihood`); the batched path packs the
-mini-batches of many requests into passes of about --rows-per-pass rows (`likelihood.batched_log_likelihoods`).
+mini-batches of many requests into passes of about --rows-per-pass rows (`likelihood.batched_log_likelihoods`;
+one line per value: on a CPU, where passes are compute-bound, moderate passes run fastest per row).
 Both use the same per-request keys, so their estimates must agree (printed: the largest difference, against
 the Monte Carlo standard error). generate_until: `sampling.generate` one prompt at a time vs --gen-batch-size
 prompts per call. Random params, synthetic token requests; compilation is excluded (warm-up on the same
@@ -62,25 +63,27 @@ def loglikelihood_rates(graphdef, params, args):
             progress.update(len(out))
         return out
 
-    def batched(subset):
-        progress = Progress("batched loglikelihood", 1, len(subset), every_s=15)
+    def batched(subset, rows_per_pass):
+        progress = Progress(f"batched loglikelihood {rows_per_pass} rows/pass", 1, len(subset), every_s=15)
         return likelihood.batched_log_likelihoods(
-            graphdef, params, [pairs[n] for n in subset], key_data[subset], rows_per_pass=args.rows_per_pass,
+            graphdef, params, [pairs[n] for n in subset], key_data[subset], rows_per_pass=rows_per_pass,
             progress=lambda done, total: progress.update(done / total), **options)
 
     widths = {}
     for n, (p, a) in enumerate(pairs):  # warm-up: one request per padded width compiles every shape
         widths.setdefault(-(-(len(p) + len(a)) // 32), n)
     loop(list(widths.values()))
-    batched(list(widths.values()) * max(args.rows_per_pass // args.mc_batch_size // len(widths), 1))
     everything = list(range(len(pairs)))
     want, loop_s = timed(lambda: loop(everything))
-    got, batched_s = timed(lambda: batched(everything))
-    diff = np.abs(np.asarray(got)[:, 0] - np.asarray(want)[:, 0])
-    stderr = np.asarray(want)[:, 1]
-    print(f"loglikelihood mc_num={args.mc_num} ({len(pairs)} requests): loop {len(pairs) / loop_s:.2f} requests/s, "
-          f"batched {len(pairs) / batched_s:.2f} requests/s, speed-up {loop_s / batched_s:.1f}x; "
-          f"largest |difference| {diff.max():.2e} nats (median Monte Carlo stderr {np.median(stderr):.3f})")
+    print(f"loglikelihood mc_num={args.mc_num} ({len(pairs)} requests): one request at a time "
+          f"{len(pairs) / loop_s:.2f} requests/s")
+    for rows_per_pass in args.rows_per_pass:
+        batched(list(widths.values()) * max(rows_per_pass // args.mc_batch_size // len(widths), 1), rows_per_pass)
+        got, batched_s = timed(lambda: batched(everything, rows_per_pass))
+        diff = np.abs(np.asarray(got)[:, 0] - np.asarray(want)[:, 0])
+        print(f"  batched, {rows_per_pass} rows/pass: {len(pairs) / batched_s:.2f} requests/s, speed-up "
+              f"{loop_s / batched_s:.1f}x; largest |difference| {diff.max():.2e} nats (median Monte Carlo "
+              f"stderr {np.median(np.asarray(want)[:, 1]):.3f})", flush=True)
 
 
 def generation_rates(graphdef, params, args):
@@ -116,7 +119,7 @@ def main():
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--mc-num", type=int, default=128)
     parser.add_argument("--mc-batch-size", type=int, default=8)
-    parser.add_argument("--rows-per-pass", type=int, default=512)
+    parser.add_argument("--rows-per-pass", type=lambda t: [int(v) for v in t.split(",")], default=[64, 512])
     parser.add_argument("--gen-requests", type=int, default=16)
     parser.add_argument("--gen-length", type=int, default=32)
     parser.add_argument("--gen-batch-size", type=int, default=16)

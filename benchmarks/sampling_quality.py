@@ -53,7 +53,7 @@ def sft_step(graphdef, tx, mask_id: int, prompt_width: int):
         answer = jnp.arange(tokens.shape[1])[None, :] >= prompt_width
         noisy, masked, p = diffusion.forward_process(key, tokens, mask_id, 1e-3, maskable=answer)
         logits = model_lib.apply(graphdef, params, noisy)
-        return diffusion.sft_loss(logits, tokens, masked, p, jnp.broadcast_to(answer, tokens.shape))[0]
+        return diffusion.mean_loss(*diffusion.sft_loss(logits, tokens, masked, p, jnp.broadcast_to(answer, tokens.shape))[:2])
 
     @jax.jit
     def step(params, opt_state, tokens, key):

@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep_every = 0  # also keep every step that is a multiple of this, permanently (0: none)
     c.checkpoint.async_save = True  # write in the background while training continues
     c.checkpoint.tensorboard = True  # event files under WORKDIR/tensorboard (process 0)
+    # A save (or the wait for one) stuck longer than this ends the process with one sentence, and so does a
+    # run still going this long after SIGTERM/SIGINT (a host stuck in a collective never reaches a step boundary).
+    c.checkpoint.timeout_s = 900.0
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 4e-4

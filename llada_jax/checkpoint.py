@@ -9,18 +9,22 @@ Paths go through etils.epath so `gs://` buckets work like local folders.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from llada_jax import model as model_lib
 from llada_jax import output_dirs, sharding
 from llada_jax.config import ConfigError, ModelConfig
+from llada_jax.preemption import hard_exit
 
 PARAMS_ITEM = "params"
 CONFIG_FILE = "config.json"
@@ -200,14 +204,22 @@ class RunCheckpointer:
     `save` returns after the device-to-host copy; the write to storage continues in the background while
     the step loop runs on (orbax's async checkpointing). Saves happen every `every_steps` steps and/or
     every `every_minutes` minutes, and always when forced (preemption, the last step).
+
+    Orbax's save begins with a barrier across hosts, so every host must decide to save at the same step:
+    the time-based decision is taken on process 0's clock and broadcast (hosts' clocks differ). A save, or the
+    wait for one, that takes longer than `checkpoint.timeout_s` ends the process with one sentence instead
+    of hanging the job.
     """
+
+    clock = staticmethod(time.monotonic)  # the time-based cadence's clock (tests skew it per process)
 
     def __init__(self, workdir, config, *, mesh):
         c = config.checkpoint
         self.config, self.mesh = config, mesh
         self.directory = as_path(workdir) / "checkpoints"
         self.every_steps, self.every_minutes = int(c.every_steps), float(c.every_minutes)
-        self._last_save_time = time.monotonic()
+        self.timeout_s = float(c.get("timeout_s", 900.0))
+        self._last_save_time = self.clock()
         self._pending_step = self._good_step = None  # the save in flight; the newest save known to be complete
         self._check_directory()
         self.manager = ocp.CheckpointManager(
@@ -217,6 +229,7 @@ class RunCheckpointer:
                 max_to_keep=int(c.keep_last) or None,
                 keep_period=int(c.keep_every) or None,
                 enable_async_checkpointing=bool(c.async_save),
+                async_options=ocp.AsyncOptions(timeout_secs=max(int(self.timeout_s), 1)),
                 cleanup_tmp_directories=True,
                 create=True,
             ),
@@ -287,9 +300,11 @@ class RunCheckpointer:
         self.manager.reload()
 
     def due(self, step: int) -> bool:
+        """Whether to save after `step`: the same answer on every host (call it on all of them, every step)."""
         by_steps = self.every_steps > 0 and step % self.every_steps == 0
-        by_time = self.every_minutes > 0 and time.monotonic() - self._last_save_time >= 60 * self.every_minutes
-        return by_steps or by_time
+        if by_steps or self.every_minutes <= 0:
+            return by_steps
+        return agreed_by_process_0(self.clock() - self._last_save_time >= 60 * self.every_minutes)
 
     def save(self, step: int, state, data_state: dict) -> float | None:
         """Starts (async) or does (sync) a save; returns the seconds the step loop was blocked, or None when the
@@ -301,19 +316,20 @@ class RunCheckpointer:
         meta = {"step": int(step), "data": data_state, "process_count": jax.process_count(), "checksums": sums}
         self.wait()  # the previous save must be complete (and known good) before another one may rotate steps out
         try:
-            self.manager.save(
-                step,
-                args=ocp.args.Composite(**{
-                    PARAMS_ITEM: ocp.args.StandardSave(state.params),
-                    "opt_state": ocp.args.StandardSave(state.opt_state),
-                    "meta": ocp.args.JsonSave(meta),
-                    "config": ocp.args.JsonSave(self.config.to_dict()),
-                }),
-                force=True,
-            )
+            with deadline(self.timeout_s, f"the checkpoint save of step {step}"):
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(**{
+                        PARAMS_ITEM: ocp.args.StandardSave(state.params),
+                        "opt_state": ocp.args.StandardSave(state.opt_state),
+                        "meta": ocp.args.JsonSave(meta),
+                        "config": ocp.args.JsonSave(self.config.to_dict()),
+                    }),
+                    force=True,
+                )
         except OSError as e:  # a synchronous write failed (sync saves, or the start of an async one)
             raise CheckpointWriteError(self._write_failure(int(step), e)) from None
-        self._last_save_time = time.monotonic()
+        self._last_save_time = self.clock()
         self._pending_step = int(step)
         return time.perf_counter() - start
 
@@ -357,7 +373,8 @@ class RunCheckpointer:
     def wait(self) -> None:
         """Blocks until the pending save is on storage; a failed one raises CheckpointWriteError."""
         try:
-            self.manager.wait_until_finished()
+            with deadline(self.timeout_s, "finishing the checkpoint writes"):
+                self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
             if self._pending_step is None:
                 raise
@@ -371,6 +388,31 @@ class RunCheckpointer:
             self.wait()
         finally:
             self.manager.close()
+
+
+def agreed_by_process_0(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (a collective: every process must call it at the same point)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(int(bool(flag)), np.int32)))
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str):
+    """Ends the process with one sentence if the block runs longer than `seconds` (a barrier waiting for a
+    host that never comes cannot be interrupted any other way). The last complete checkpoint stays usable."""
+    timer = threading.Timer(seconds, hard_exit, args=(
+        f"{what} did not finish within checkpoint.timeout_s={seconds:g} s (a host is stuck or the storage does "
+        "not answer); exiting. The last complete checkpoint is intact: rerun to resume, or raise "
+        "--config.checkpoint.timeout_s",))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def load_model(directory, mesh=None):

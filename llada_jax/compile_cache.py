@@ -7,6 +7,7 @@ the compiler options, so a stale entry is never used for a different model, shap
 from __future__ import annotations
 
 import os
+import sys
 
 ENV_VAR = "LLADA_JAX_COMPILATION_CACHE"
 DEFAULT_DIR = os.path.join("~", ".cache", "llada_jax", "jax")
@@ -22,9 +23,11 @@ def cache_dir() -> str | None:
 
 
 def enable() -> str | None:
-    """Point JAX at the cache directory (created if missing); returns it, or None when turned off or unwritable."""
-    import jax
+    """Point JAX at the cache directory (created if missing); returns it, or None when turned off or unwritable.
 
+    Before JAX is imported this only sets its environment variables (read when JAX loads), so the CLI can
+    report a bad flag or config value without waiting for JAX.
+    """
     path = cache_dir()
     if path is None:
         return None
@@ -32,7 +35,14 @@ def enable() -> str | None:
         os.makedirs(path, exist_ok=True)
     except OSError:
         return None  # a read-only home must not stop the command: it only loses the speed-up
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    settings = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": MIN_COMPILE_SECONDS,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    if "jax" in sys.modules:
+        import jax
+
+        for name, value in settings.items():
+            jax.config.update(name, value)
+    else:
+        for name, value in settings.items():
+            os.environ.setdefault(name.upper(), str(value))
     return path

@@ -229,6 +229,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     if not 0.0 <= t.random_length_fraction <= 1.0:
         raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
 
+    if config.checkpoint.get("timeout_s", 1.0) <= 0:
+        raise ConfigError(f"checkpoint.timeout_s={config.checkpoint.timeout_s} must be positive (seconds a save may "
+                          "take before the run gives up)")
+
     o = config.optimizer
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"optimizer.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}")

@@ -40,7 +40,8 @@ class MetricsWriter:
                 continue  # a line cut short by a crash mid-write
             if isinstance(record, dict) and not record.get("final") and record.get("step", step + 1) <= step:
                 kept.append(line)
-                last = record
+                if "loss" in record:  # eval records have their own lines; the summary reports a train record
+                    last = record
         if len(kept) < len(lines):
             tmp = self.path.parent / f"{self.path.name}.tmp"
             tmp.write_text("".join(line + "\n" for line in kept))

@@ -58,7 +58,7 @@ def analyse(config, devices=None) -> dict:
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices))
     mesh = sharding.make_mesh(config.mesh, devices)
-    compiled = Trainer(config, mesh).compile_step()
+    compiled = compile_or_explain(Trainer(config, mesh))
     mem = compiled.memory_analysis()
     t = config.train
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -82,6 +82,20 @@ def analyse(config, devices=None) -> dict:
     report["device_limit_bytes"] = device_memory_limit(devices[0])
     report["max_sequences_per_device"] = max_sequences(report, t.grad_accum_steps)
     return report
+
+
+def compile_or_explain(trainer):
+    """The compiled step; a compile-time out-of-memory (TPU compiles check HBM) becomes one ConfigError line."""
+    try:
+        return trainer.compile_step()
+    except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type for this
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "HbmOom" not in text:
+            raise
+        detail = next((line.strip() for line in text.splitlines() if "exceeds" in line or "Ran out" in line),
+                      text.splitlines()[0])
+        raise ConfigError(f"the step does not fit in device memory ({detail}); enable model.remat, raise "
+                          "mesh.fsdp or lower train.global_batch_size") from None
 
 
 def max_sequences(report: dict, grad_accum_steps: int = 1) -> int | None:

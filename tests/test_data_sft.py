@@ -34,7 +34,7 @@ def test_rows_mask_the_prompt_and_pad_the_response_with_eos(tmp_path):
     config = sft_config(tmp_path, data, "train.global_batch_size=2", "data.shuffle=False", "train.seq_len=22")
     batches, _, info = pipeline.build(config, 0, 1)
     b = next(batches)
-    assert set(b) == {"tokens", "prompt_mask"} and b["tokens"].shape == (2, 22) and b["prompt_mask"].dtype == bool
+    assert set(b) == {"tokens", "prompt_mask", "segment_ids"} and b["tokens"].shape == (2, 22) and b["prompt_mask"].dtype == bool
     first = b["tokens"][0]
     n_prompt = len("User: hi\n\nAssistant: ")
     assert b["prompt_mask"][0].sum() == n_prompt == 21
@@ -59,6 +59,8 @@ def test_padding_and_overlong_counts_with_room(tmp_path):
     n_prompt = len("User: q\n\nAssistant: ")
     assert m.sum() == n_prompt and not m[n_prompt:].any()
     assert V.decode(t[n_prompt:n_prompt + 2]) == "ok" and np.all(t[n_prompt + 2:] == V.eos_id)
+    # the example is prompt + response + one EOS; the train step pads it to its batch's longest example
+    np.testing.assert_array_equal(rows[0]["segment_ids"][0], np.arange(32) < n_prompt + 3)
     counts = sft.overlong_counts(np.array([[5, 10], [40, 41], [2, 42]]), 32, "truncate")
     assert counts == {"truncated": 1, "dropped": 1}
 

@@ -20,7 +20,8 @@ def test_pretrain_loss_hand_computed():
     probs = [[[0.5, 0.25, 0.25], [0.05, 0.9, 0.05], [0.5, 0.25, 0.25], [0.2, 0.6, 0.2]]]
     targets = jnp.array([[0, 1, 2, 1]])
     masked = jnp.array([[True, False, True, False]])
-    loss, aux = diffusion.pretrain_loss(logits_from_probs(probs), targets, masked, jnp.array([0.5]))
+    total, weight, aux = diffusion.pretrain_loss(logits_from_probs(probs), targets, masked, jnp.array([0.5]))
+    loss = diffusion.mean_loss(total, weight)
     # (ln 2 + ln 4) / p / L = 3 ln2 / 0.5 / 4
     assert float(loss) == np.float32(3 * math.log(2) / 0.5 / 4)
     assert float(aux["masked_tokens"]) == 2
@@ -31,9 +32,11 @@ def test_pretrain_loss_normalises_by_each_sequence_length():
     logits = logits_from_probs([[[0.5, 0.5]] * 4, [[0.5, 0.5]] * 4])
     targets = jnp.zeros((2, 4), jnp.int32)
     masked = jnp.array([[True, True, False, False], [True, False, False, False]])
-    loss, _ = diffusion.pretrain_loss(logits, targets, masked, jnp.array([1.0, 0.25]), lengths=jnp.array([4, 2]))
+    total, weight, _ = diffusion.pretrain_loss(logits, targets, masked, jnp.array([1.0, 0.25]),
+                                               lengths=jnp.array([4, 2]))
     ln2 = math.log(2)
-    np.testing.assert_allclose(float(loss), ((2 * ln2 / 1.0 / 4) + (ln2 / 0.25 / 2)) / 2, rtol=1e-6)
+    assert float(weight) == 2  # two sequences: the loss is the sum of per-sequence terms over 2
+    np.testing.assert_allclose(float(total), (2 * ln2 / 1.0 / 4) + (ln2 / 0.25 / 2), rtol=1e-6)
 
 
 def test_sft_loss_hand_computed():
@@ -42,7 +45,8 @@ def test_sft_loss_hand_computed():
     targets = jnp.array([[0, 1, 0, 1, 2, 2]])
     prompt = jnp.array([[True, True, False, False, False, False]])
     masked = jnp.array([[False, False, True, False, True, False]])
-    loss, _ = diffusion.sft_loss(logits_from_probs(probs), targets, masked, jnp.array([0.4]), ~prompt)
+    loss = diffusion.mean_loss(*diffusion.sft_loss(logits_from_probs(probs), targets, masked, jnp.array([0.4]),
+                                                   ~prompt)[:2])
     # CE ln2 at the masked response token plus ln4 at the masked EOS, over p and the response length 4
     np.testing.assert_allclose(float(loss), (math.log(2) + math.log(4)) / 0.4 / 4, rtol=1e-6)
 
@@ -50,9 +54,9 @@ def test_sft_loss_hand_computed():
 def test_ar_loss_is_next_token_nll():
     probs = [[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]]
     tokens = jnp.array([[0, 0, 1]])
-    loss, aux = diffusion.ar_loss(logits_from_probs(probs), tokens)
-    np.testing.assert_allclose(float(loss), (-math.log(0.5) - math.log(0.1)) / 2, rtol=1e-6)
-    assert float(aux["masked_tokens"]) == 2
+    total, weight, aux = diffusion.ar_loss(logits_from_probs(probs), tokens)
+    np.testing.assert_allclose(float(total), -math.log(0.5) - math.log(0.1), rtol=1e-6)
+    assert float(weight) == float(aux["masked_tokens"]) == 2
 
 
 def test_forward_process_masks_at_rate_p_and_respects_maskable():

@@ -213,6 +213,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_on_loopback_equal_the_one_process_run(run, tmp_path):
     """Two JAX processes with 4 CPU devices each (one 8-device mesh, as the one-process run has): each feeds
     its share of every pass, only process 0 writes, and the numbers are those of the one-process run."""
@@ -362,3 +363,39 @@ def test_greedy_check_matches_the_official_procedure(run):
     altered = [d[:-1] + [(d[-1] + 1) % 250 + 3] for d in decoded]
     pairs = [(p, d) for p, d in zip(prompts, decoded)] + [(p, a) for p, a in zip(prompts, altered)]
     assert lm.greedy_matches(pairs) == [True] * 3 + [False] * 3
+
+
+def test_task_settings_take_defaults_then_the_preset_then_the_flags():
+    from llada_jax.config import ConfigError
+    from llada_jax.eval.runner import task_settings
+    from llada_jax.eval.settings import EvalSettings, parse_value
+
+    shots, settings = task_settings("arc_challenge", "llada_base", {"mc_num": 8}, None)
+    assert shots == 0 and (settings.mc_num, settings.mc_batch_size, settings.cfg_scale) == (8, 8, 0.5)
+    assert settings.estimator == "official" and settings.gen_length == EvalSettings().gen_length
+    shots, settings = task_settings("local_mc", None, {"estimator": "official"}, 3)
+    assert shots == 3 and settings.estimator == "official" and settings.mc_num == EvalSettings().mc_num
+    # lm_eval --model_args strings, typed by the field they set
+    assert [parse_value("cfg_scale", "0.5"), parse_value("check_greedy", "True"), parse_value("threshold", "none"),
+            parse_value("mc_num", "64")] == [0.5, True, None, 64]
+    with pytest.raises(ConfigError, match="mc_nums is not a llada_jax eval setting"):
+        parse_value("mc_nums", "4")
+    with pytest.raises(ConfigError, match="steps=99 does not split over 2 blocks"):
+        EvalSettings(gen_length=64, block_length=32, steps=99).check()
+
+
+def test_generate_until_fast_modes_match_the_sample_cli(run, capsys):
+    """threshold parallel decoding with the prefix cache, through the harness model's API and `sample`."""
+    from types import SimpleNamespace
+
+    from llada_jax.eval.harness_model import LladaJaxLM
+
+    export, _, _ = run
+    lm = LladaJaxLM(export, threshold="0.5", cache="prefix", gen_batch_size="8",
+                    **{k: str(v) for k, v in GEN.items()})
+    got = lm.generate_until([SimpleNamespace(args=(d["prompt"], {"until": ["\n"]})) for d in GEN_DOCS])
+    assert main(["sample", f"--checkpoint={export}", *[f"--prompt={d['prompt']}" for d in GEN_DOCS],
+                 "--threshold=0.5", "--cache=prefix", *[f"--{k.replace('_', '-')}={v}" for k, v in GEN.items()]]) == 0
+    text = capsys.readouterr().out
+    for doc, answer in zip(GEN_DOCS, got):
+        assert answer == req_lib.cut_at_stops(text.split(f"=== {doc['prompt']}\n", 1)[1], ["\n"])

@@ -185,3 +185,68 @@ def test_relative_workdir_as_in_the_readme(tmp_path, monkeypatch):
     params, saved = checkpoint.load_params("runs/demo")
     assert saved.train.steps == 2 and (tmp_path / "runs" / "demo" / "params" / "config.json").exists()
     assert checkpoint.load_params("runs/demo/params")[0]["wte"].shape == params["wte"].shape
+
+
+def test_log_eval_and_checkpoint_cadences_are_independent(tmp_path):
+    """eval_every=3 with log_every=2 used to give no mid-run eval (eval ran only inside the logging block)."""
+    config = small_config(*QUIET, "train.steps=6", "train.log_every=2", "train.eval_every=3",
+                          "checkpoint.every_steps=5", "checkpoint.keep_last=0")
+    loop.run(config, tmp_path, quiet=True)
+    rs = [r for r in records(tmp_path) if not r.get("final")]
+    assert [r["step"] for r in rs if "loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in rs if "eval_loss" in r] == [3]  # the last step's eval is the final record's
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [5, 6]
+
+
+def _python(code: str, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT)
+
+
+STUCK_SAVE = """
+import sys, time
+import orbax.checkpoint as ocp
+sys.path.insert(0, "tests")
+from helpers import small_config
+from llada_jax import loop
+ocp.CheckpointManager.save = lambda *a, **k: time.sleep(600)  # a barrier waiting for a host that never comes
+loop.run(small_config("checkpoint.tensorboard=False", "train.eval_batches=1", "checkpoint.every_steps=1",
+                      "checkpoint.timeout_s=3"), sys.argv[1], quiet=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_stuck_save_ends_the_run_with_one_sentence(tmp_path):
+    proc = _python(STUCK_SAVE, str(tmp_path))
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("the checkpoint save of step 1 did not finish within checkpoint.timeout_s=3 s")
+    assert "rerun to resume" in last
+
+
+STUCK_LOOP = """
+import sys, threading
+from llada_jax.preemption import PreemptionWatcher
+watcher = PreemptionWatcher(grace_s=float(sys.argv[1]))
+print("ready", flush=True)
+threading.Event().wait()  # stands for a collective whose peer never arrives: no step boundary ever comes
+"""
+
+
+@pytest.mark.parametrize("grace_s, signals", [(2.0, 1), (600.0, 2)])
+def test_sigterm_ends_a_process_that_never_reaches_a_step_boundary(grace_s, signals):
+    """One SIGTERM ends it after the grace period; a second one ends it at once."""
+    proc = _python(STUCK_LOOP, str(grace_s))
+    assert proc.stdout.readline().strip() == "ready"
+    for _ in range(signals):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("SIGTERM did not end the process")
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert len(err.strip().splitlines()) == 1 and "rerun to resume" in err

@@ -2,9 +2,11 @@
 save and resume in between) and agree with a single process that has all 8 devices."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -15,7 +17,8 @@ from llada_jax import checkpoint
 from helpers import ROOT, SMALL_MODEL, TINY
 
 DRIVER = """
-import json, sys
+import faulthandler, json, signal, sys
+faulthandler.register(signal.SIGUSR1)
 from llada_jax import distributed, loop
 from llada_jax.config import load_config
 
@@ -41,9 +44,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=()):
+# Process 1's clock jumps 1000 s at every reading: by its own clock a 30-minute checkpoint falls due at step 2.
+SKEWED_DRIVER = DRIVER.replace("import jax\n", """import itertools, jax
+from llada_jax import checkpoint
+if jax.process_index() == 1:
+    ticks = itertools.count(0.0, 1000.0)
+    checkpoint.RunCheckpointer.clock = staticmethod(lambda: next(ticks))
+""", 1)
+
+
+def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=(), driver_text=DRIVER, timeout=600):
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(driver_text)
     port = free_port()
     procs = []
     for pid in range(n_processes):
@@ -57,7 +69,16 @@ def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=(
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
     results = []
     for p in procs:
-        out, err = p.communicate(timeout=600)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # show where each process is stuck, then end them
+            for q in procs:
+                q.send_signal(signal.SIGUSR1)
+            time.sleep(3)
+            for q in procs:
+                q.kill()
+            tails = [q.communicate()[1][-1500:] for q in procs]
+            raise AssertionError(f"the processes did not finish within {timeout} s (hung): {tails}")
         assert p.returncode == 0, err[-3000:]
         results.append(json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))))
     return sorted(results, key=lambda r: r["process"])
@@ -98,3 +119,14 @@ def test_two_processes_as_two_slices_over_dcn(tmp_path):
     for r in multi:
         np.testing.assert_allclose(r["summary"]["eval_loss"], single["summary"]["eval_loss"], rtol=1e-5)
         np.testing.assert_allclose(r["summary"]["train_loss"], single["summary"]["train_loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_time_based_saves_follow_process_0_despite_clock_skew(tmp_path):
+    """Each host deciding by its own clock put process 1 into the save barrier while process 0 went on to the
+    next step's collectives, hanging the run; the decision is process 0's, shared by both."""
+    workdir = tmp_path / "skew"
+    results = launch(tmp_path, workdir, 0, n_processes=2, devices_each=4, driver_text=SKEWED_DRIVER, timeout=900,
+                     overrides=["config.checkpoint.every_minutes=30"])
+    assert [r["summary"]["step"] for r in results] == [4, 4]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4]

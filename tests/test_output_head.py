@@ -29,10 +29,11 @@ def objectives(tokens, masked, p):
     lengths = jnp.asarray([T, 9, 4])
     valid = jnp.arange(T)[None] < lengths[:, None]
     response = valid & (jnp.arange(T)[None] >= 3)
+    mean = lambda total, weight, aux: (diffusion.mean_loss(total, weight), aux)  # noqa: E731
     return {
-        "mdm": lambda out: diffusion.pretrain_loss(out, tokens, masked & valid, p, lengths),
-        "sft": lambda out: diffusion.sft_loss(out, tokens, masked & response, p, response),
-        "ar": lambda out: diffusion.ar_loss(out, tokens, valid),
+        "mdm": lambda out: mean(*diffusion.pretrain_loss(out, tokens, masked & valid, p, lengths)),
+        "sft": lambda out: mean(*diffusion.sft_loss(out, tokens, masked & response, p, response)),
+        "ar": lambda out: mean(*diffusion.ar_loss(out, tokens, valid)),
     }
 
 

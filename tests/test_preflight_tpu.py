@@ -44,3 +44,20 @@ def test_train_step_with_splash_compiles_for_tpu(tpu_devices, capsys):
     free = report["device_limit_bytes"] - (report["peak_bytes"] - report["temp_bytes"])
     assert report["max_sequences_per_device"] == int(free // (per_token * 128))
     assert os.environ["TPU_WORKER_HOSTNAMES"] == "localhost"
+
+
+def test_compile_time_out_of_memory_is_one_clear_line():
+    class TooBig:
+        def compile_step(self):
+            raise RuntimeError("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total "
+                               "memory required for HLO temporaries (316.06G) exceeds available HBM (95.73G).\nmore")
+
+    with pytest.raises(ConfigError, match=r"does not fit in device memory .*316\.06G.*95\.73G.*model\.remat"):
+        preflight.compile_or_explain(TooBig())
+
+    class Broken:
+        def compile_step(self):
+            raise RuntimeError("some other compiler failure")
+
+    with pytest.raises(RuntimeError, match="other compiler failure"):  # not disguised as a memory problem
+        preflight.compile_or_explain(Broken())

@@ -111,5 +111,5 @@ def test_sample_cli_fills_the_compilation_cache(tmp_path):
            "--gen-length=8", "--steps=4", "--block-length=4", "--cache=dual", "--param-dtype=bfloat16"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "(4 forward passes for 1 x 8 tokens)" in done.stdout
+    assert "(4 forward passes for 1 x 8 tokens, " in done.stdout
     assert len(os.listdir(tmp_path / "cache")) > 0

@@ -26,7 +26,8 @@ def default_import_config(hf_dir: str) -> str:
     saved = os.path.join(hf_dir, "llada_jax_config.json")
     if os.path.isfile(saved):
         return saved
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.py")
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above llada_jax/cli/
+    return os.path.join(package_root, "configs", "base.py")
 
 
 def register(parser: argparse.ArgumentParser) -> None:

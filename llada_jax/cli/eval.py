@@ -13,7 +13,7 @@ import argparse
 SETTING_FLAGS = {
     "mc_num": int, "mc_batch_size": int, "cfg_scale": float, "estimator": str, "check_greedy": None,
     "rows_per_pass": int, "gen_length": int, "steps": int, "block_length": int, "temperature": float,
-    "remasking": str, "threshold": float, "kv_cache": None, "gen_batch_size": int, "seed": int,
+    "remasking": str, "threshold": float, "factor": float, "cache": str, "gen_batch_size": int, "seed": int,
 }
 HELP = {
     "mc_num": "Monte Carlo samples per answer (default 128)",
@@ -23,7 +23,8 @@ HELP = {
     "rows_per_pass": "Monte Carlo rows of any requests per forward pass (default 256)",
     "gen_batch_size": "prompts decoded together by generate_until (default 16)",
     "threshold": "generate_until: reveal every token above this confidence (fast sampler mode)",
-    "kv_cache": "generate_until: block-wise prefix KV cache (approximate, faster)",
+    "factor": "generate_until: Fast-dLLM's factor rule for parallel decoding (fast sampler mode)",
+    "cache": "generate_until: sampler KV cache, none / prefix / dual (approximate, faster)",
     "check_greedy": "loglikelihood: also report whether greedy decoding reproduces the answer",
 }
 
@@ -46,6 +47,8 @@ def register(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, choices=["official", "unbiased"], default=None, help=HELP[name])
         elif name == "remasking":
             parser.add_argument(flag, choices=["low_confidence", "random"], default=None)
+        elif name == "cache":
+            parser.add_argument(flag, choices=["none", "prefix", "dual"], default=None, help=HELP[name])
         else:
             parser.add_argument(flag, type=kind, default=None, help=HELP.get(name))
 
@@ -77,10 +80,12 @@ def run(args, overrides) -> int:
     if args.output:  # refused before hours of evaluation, never after
         check_file(args.output, flag="--output", overwrite=args.overwrite)
     try:
-        from llada_jax.eval import runner
+        import lm_eval  # noqa: F401  (the [eval] extra)
     except ImportError as e:
         raise ConfigError(f"llada-jax eval needs lm-evaluation-harness ({e}); "
                           "install it with pip install -e .[eval]") from None
+    from llada_jax.eval import runner
+
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise ConfigError("--tasks is empty; pass comma-separated lm-eval task names")

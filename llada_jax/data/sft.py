@@ -1,7 +1,9 @@
-"""SFT rows: a stored (prompt, response) record -> fixed-length "tokens" and "prompt_mask".
+"""SFT rows: a stored (prompt, response) record -> fixed-length "tokens", "prompt_mask" and "segment_ids".
 
-The response is followed by EOS up to seq_len; those EOS count as response (prompt_mask False), so the
-model learns where to stop (LLaDA SFT). An example needs room for its prompt, its response and at least
+The response is followed by EOS up to seq_len. "segment_ids" is 1 over the example itself (prompt, response
+and its first EOS) and 0 after it: the train step widens every row to the longest example of its
+micro-batch, so the EOS up to that length count as response (prompt_mask False) and teach the model where
+to stop, as in LLaDA SFT, while the columns past it are padding that is neither seen nor scored. An example needs room for its prompt, its response and at least
 one EOS; a longer one is cut at the end of the response ("truncate") or left out ("drop"). An example
 whose prompt alone fills seq_len is always left out: it has nothing to learn from.
 """
@@ -33,7 +35,9 @@ def to_row(raw: bytes, seq_len: int, eos_id: int) -> dict[str, np.ndarray]:
     tokens[: len(ids)] = ids
     prompt_mask = np.zeros((seq_len,), bool)
     prompt_mask[:prompt_len] = True
-    return {"tokens": tokens, "prompt_mask": prompt_mask}
+    segment_ids = np.zeros((seq_len,), np.int32)
+    segment_ids[: min(len(ids) + 1, seq_len)] = 1
+    return {"tokens": tokens, "prompt_mask": prompt_mask, "segment_ids": segment_ids}
 
 
 def overlong_counts(lengths: np.ndarray, seq_len: int, overlong: str) -> dict[str, int]:

@@ -4,7 +4,8 @@ The official harness class handles one request at a time (mc_num / batch_size fo
 Here every request type is batched across requests and sharded over the checkpoint's mesh:
 - loglikelihood: `likelihood.batched_log_likelihoods` (Monte Carlo rows of many requests per pass; one-token
   answers exact in one row); the greedy flag, when asked, by batched greedy decoding of the answer span.
-- generate_until: `sampling.generate` on batches of left-padded prompts, cut at EOS and at the stop strings.
+- generate_until: `sampling.generate` on batches of left-padded prompts (its fast modes: threshold or
+  factor parallel decoding, prefix or dual KV cache), cut at EOS and at the stop strings.
 - loglikelihood_rolling: the ELBO of the whole text (windows of max_seq_len scored with an empty prompt),
   which the official class does not offer.
 All processes of a multi-host run see every request (the harness is deterministic); each pass is split over
@@ -94,7 +95,8 @@ class LladaJaxLM(LM):
         for length, indices in sorted(by_length.items()):
             prompts = [pairs[i][0] for i in indices]
             decoded = self.decode_batches(prompts, length, length, length, temperature=0.0,
-                                          remasking="low_confidence", threshold=None, kv_cache=False, eos=False)
+                                          remasking="low_confidence", threshold=None, factor=None, cache="none",
+                                          eos=False)
             for i, tokens in zip(indices, decoded):
                 out[i] = list(tokens) == list(pairs[i][1])
         return out
@@ -128,12 +130,12 @@ class LladaJaxLM(LM):
             stops.append([until] if isinstance(until, str) else list(until))
             prompts.append(self.vocab.encode(context)[-(self.max_len - s.gen_length):])
         decoded = self.decode_batches(prompts, s.gen_length, s.steps, s.block_length, temperature=s.temperature,
-                                      remasking=s.remasking, threshold=s.threshold, kv_cache=s.kv_cache, eos=True,
-                                      label="generate_until")
+                                      remasking=s.remasking, threshold=s.threshold, factor=s.factor, cache=s.cache,
+                                      eos=True, label="generate_until")
         return [req_lib.cut_at_stops(self.vocab.decode(tokens), stop) for tokens, stop in zip(decoded, stops)]
 
     def decode_batches(self, prompts, gen_length, steps, block_length, *, temperature, remasking, threshold,
-                       kv_cache, eos, label=None):
+                       factor, cache, eos, label=None):
         """Generated ids (cropped at EOS when `eos`) for each prompt, decoded gen_batch_size at a time,
         prompts sorted by length so a batch shares its padded width."""
         s = self.settings
@@ -149,8 +151,9 @@ class LladaJaxLM(LM):
             width = min(width, self.max_len - gen_length)
             ids, valid = sampling.left_pad(batch, self.vocab.pad_id)
             ids, valid = _widen(np.asarray(ids), np.asarray(valid), width, self.vocab.pad_id)
-            tokens = self._generate(ids, valid, gen_length, steps, block_length, temperature, remasking,
-                                    threshold, kv_cache, eos_id)
+            tokens = self._generate(ids, valid, gen_length=gen_length, steps=steps, block_length=block_length,
+                                    temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
+                                    cache=cache, eos_id=eos_id)
             for i, row in zip(chunk, tokens):
                 generated = row[ids.shape[1]:]
                 out[i] = sampling.crop_at_eos(generated, eos_id) if eos else [int(t) for t in generated]
@@ -161,8 +164,7 @@ class LladaJaxLM(LM):
     def _batch_multiple(self) -> int:
         return likelihood.batch_multiple(self.mesh)
 
-    def _generate(self, ids, valid, gen_length, steps, block_length, temperature, remasking, threshold, kv_cache,
-                  eos_id):
+    def _generate(self, ids, valid, **decoding):
         """sampling.generate on this process's share of the rows; every process gets all rows back."""
         from jax.experimental import multihost_utils
 
@@ -175,9 +177,7 @@ class LladaJaxLM(LM):
             batch = sharding.global_batch(local, self.mesh)
             tokens, _, _ = sampling.generate(
                 self.graphdef, self.params, batch["ids"], batch["valid"], jax.random.key(self.settings.seed),
-                gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
-                cfg_scale=self.settings.cfg_scale, remasking=remasking, mask_id=self.mask_id, threshold=threshold,
-                kv_cache=kv_cache, eos_id=eos_id)
+                cfg_scale=self.settings.cfg_scale, mask_id=self.mask_id, **decoding)
         return np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
 
 

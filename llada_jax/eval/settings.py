@@ -20,15 +20,16 @@ class EvalSettings:
     block_length: int = 256
     temperature: float = 0.0
     remasking: str = "low_confidence"
-    threshold: float | None = None
-    kv_cache: bool = False
+    threshold: float | None = None   # parallel decoding: reveal every token above this confidence
+    factor: float | None = None      # parallel decoding, Fast-dLLM's factor rule
+    cache: str = "none"              # sampler KV cache: none, prefix or dual
     gen_batch_size: int = 16      # prompts decoded together
     seed: int = 0
 
     def check(self) -> "EvalSettings":
         """One sentence per mistake, naming the setting and the fix."""
         from llada_jax.config import ConfigError
-        from llada_jax.sampling import check_schedule
+        from llada_jax.sampling import check_options, check_schedule
 
         for name in ("mc_num", "mc_batch_size", "rows_per_pass", "gen_batch_size"):
             if getattr(self, name) <= 0:
@@ -37,8 +38,7 @@ class EvalSettings:
             raise ConfigError(f"estimator={self.estimator!r} is unknown; use one of {', '.join(ESTIMATORS)}")
         if self.cfg_scale < 0 or self.temperature < 0:
             raise ConfigError(f"cfg_scale={self.cfg_scale} and temperature={self.temperature} must be >= 0")
-        if self.remasking not in ("low_confidence", "random"):
-            raise ConfigError(f"remasking={self.remasking!r} is unknown; use low_confidence or random")
+        check_options(self.remasking, self.temperature, self.cfg_scale, self.threshold, self.factor, self.cache)
         check_schedule(self.gen_length, self.steps, self.block_length)
         return self
 
@@ -62,9 +62,9 @@ def parse_value(name: str, text: str):
             if str(text).lower() not in ("true", "false", "1", "0"):
                 raise ValueError
             return str(text).lower() in ("true", "1")
-        if name == "threshold" or isinstance(default, float):
+        if name in ("threshold", "factor") or isinstance(default, float):
             return float(text)
         return type(default)(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a valid {type(default).__name__ if default is not None else 'float'}")\
-            from None
+        kind = "float" if default is None else type(default).__name__
+        raise ConfigError(f"{name}={text!r} is not a valid {kind}") from None
