@@ -128,7 +128,7 @@ def hf_config(config, fmt: str, dtype: str) -> dict:
         "layer_norm_type": "rms", "layer_norm_with_affine": True, "rms_norm_eps": m.rms_norm_eps,
         "activation_type": "silu", "block_type": "llama", "block_group_size": 1, "include_bias": False,
         "include_qkv_bias": False, "bias_for_layer_norm": False, "weight_tying": False, "attention_layer_norm": False,
-        "attention_layer_norm_with_affine": True, "input_emb_norm": False, "clip_qkv": None, "scale_logits": False,
+        "attention_layer_norm_with_affine": True, "input_emb_norm": False, "scale_logits": False,
         "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0, "flash_attention": False,
         "init_fn": "normal", "init_std": m.init_std, "mask_token_id": m.mask_token_id, "eos_token_id": m.eos_token_id,
         "pad_token_id": m.pad_token_id, "torch_dtype": torch_dtype, "use_cache": False,
