@@ -27,3 +27,14 @@ def params_export(directory):
     config = small_config()
     params = M.init_params(ModelConfig.from_config(config.model), 0)
     return str(checkpoint.save_params(directory / "params", params, config))
+
+
+def all_avals(jaxpr):
+    """Every output aval of a jaxpr, nested jaxprs (scan, remat, custom_vjp) included."""
+    import jax
+
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            yield var.aval
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            yield from all_avals(sub)

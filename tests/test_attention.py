@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import all_avals
 from llada_jax import attention as A
 
 
@@ -110,14 +111,6 @@ def test_blockwise_keeps_no_length_by_length_scores():
     seg = jnp.ones((1, 256), jnp.int32)
     f = lambda q, k, v: jnp.sum(A.attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg,  # noqa: E731
                                             implementation="blockwise", block_size=64))
-    shapes = {tuple(x.shape) for x in _all_avals(jax.make_jaxpr(jax.grad(f, argnums=(0, 1, 2)))(q, k, v).jaxpr)}
+    shapes = {tuple(x.shape) for x in all_avals(jax.make_jaxpr(jax.grad(f, argnums=(0, 1, 2)))(q, k, v).jaxpr)}
     assert not any(len(s) >= 2 and s[-1] == 256 and s[-2] == 256 for s in shapes)
     assert (1, 2, 1, 256, 64) in shapes  # the per-block scores are there
-
-
-def _all_avals(jaxpr):
-    for eqn in jaxpr.eqns:
-        for var in eqn.outvars:
-            yield var.aval
-        for sub in jax.core.jaxprs_in_params(eqn.params):
-            yield from _all_avals(sub)

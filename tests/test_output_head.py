@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import all_avals
 from llada_jax import diffusion, output_head
 from llada_jax import model as M
 from llada_jax.config import ModelConfig
@@ -73,14 +74,6 @@ def test_gradient_pass_never_holds_full_logits(setup):
     graphdef = M.split_model(M.abstract_model(CFG))[0]
     loss = lambda q: diffusion.pretrain_loss(M.apply_head(graphdef, q, noisy), tokens, masked, p)[0]  # noqa: E731
     jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
-    shapes = {tuple(a.shape) for a in _all_avals(jaxpr) if hasattr(a, "shape")}
+    shapes = {tuple(a.shape) for a in all_avals(jaxpr) if hasattr(a, "shape")}
     assert (B, T, CFG.vocab_size) not in shapes and (B, 15, CFG.vocab_size) not in shapes
     assert (B, 5, CFG.vocab_size) in shapes  # one chunk at a time
-
-
-def _all_avals(jaxpr):
-    for eqn in jaxpr.eqns:
-        for var in eqn.outvars:
-            yield var.aval
-        for sub in jax.core.jaxprs_in_params(eqn.params):
-            yield from _all_avals(sub)

@@ -19,16 +19,9 @@ import os
 from typing import Sequence
 
 from llada_jax.config import ConfigError
+from llada_jax.data.records import file_sha256
 
 TOKENIZERS = ("byte", "sentencepiece", "hf")
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ByteVocabulary:
@@ -93,7 +86,7 @@ class SentencePieceVocabulary:
 
     @property
     def identity(self) -> dict:
-        return {"name": self.name, "sha256": _file_sha256(self.path), "size": self.size,
+        return {"name": self.name, "sha256": file_sha256(self.path), "size": self.size,
                 "mask_id": self.mask_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
 
     def encode(self, text: str) -> list[int]:
@@ -143,7 +136,7 @@ class HFVocabulary:
 
     @property
     def identity(self) -> dict:
-        return {"name": self.name, "sha256": _file_sha256(self.path), "size": self.size,
+        return {"name": self.name, "sha256": file_sha256(self.path), "size": self.size,
                 "mask_id": self.mask_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
 
     def encode(self, text: str) -> list[int]:
