@@ -36,11 +36,12 @@ MODELS = {  # "small": dispatch-bound on CPU, "tiny": configs/tiny.py's size (co
 MASK_ID = 259
 
 
-def synthetic_requests(n: int, seed: int):
-    """(prompt, answer) token lists: prompts of 16-80 tokens, answers of 2-12 (multiple-choice-like)."""
+def synthetic_requests(n: int, seed: int, answer_lengths=(2, 12)):
+    """(prompt, answer) token lists: prompts of 16-80 tokens, answers uniform in the given range of lengths."""
     rng = np.random.default_rng(seed)
-    return [(rng.integers(3, 259, rng.integers(16, 81)).tolist(), rng.integers(3, 259, rng.integers(2, 13)).tolist())
-            for _ in range(n)]
+    low, high = answer_lengths
+    return [(rng.integers(3, 259, rng.integers(16, 81)).tolist(),
+             rng.integers(3, 259, rng.integers(low, high + 1)).tolist()) for _ in range(n)]
 
 
 def timed(fn):
@@ -50,7 +51,7 @@ def timed(fn):
 
 
 def loglikelihood_rates(graphdef, params, args):
-    pairs = synthetic_requests(args.requests, 0)
+    pairs = synthetic_requests(args.requests, 0, args.answer_lengths)
     keys = [jax.random.key(i) for i in range(len(pairs))]
     key_data = np.stack([np.asarray(jax.random.key_data(k)) for k in keys])
     options = dict(mask_id=MASK_ID, mc_num=args.mc_num, batch_size=args.mc_batch_size, estimator="official")
@@ -64,10 +65,10 @@ def loglikelihood_rates(graphdef, params, args):
         return out
 
     def batched(subset, rows_per_pass):
-        progress = Progress(f"batched loglikelihood {rows_per_pass} rows/pass", 1, len(subset), every_s=15)
+        progress = Progress(f"batched loglikelihood {rows_per_pass} rows/pass", len(subset), len(subset), every_s=15)
         return likelihood.batched_log_likelihoods(
             graphdef, params, [pairs[n] for n in subset], key_data[subset], rows_per_pass=rows_per_pass,
-            progress=lambda done, total: progress.update(done / total), **options)
+            progress=lambda done, total: progress.update(done, total), **options)
 
     widths = {}
     for n, (p, a) in enumerate(pairs):  # warm-up: one request per padded width compiles every shape
@@ -75,10 +76,11 @@ def loglikelihood_rates(graphdef, params, args):
     loop(list(widths.values()))
     everything = list(range(len(pairs)))
     want, loop_s = timed(lambda: loop(everything))
-    print(f"loglikelihood mc_num={args.mc_num} ({len(pairs)} requests): one request at a time "
+    print(f"loglikelihood mc_num={args.mc_num} ({len(pairs)} requests, answers of {args.answer_lengths[0]}-"
+          f"{args.answer_lengths[1]} tokens): one request at a time "
           f"{len(pairs) / loop_s:.2f} requests/s")
     for rows_per_pass in args.rows_per_pass:
-        batched(list(widths.values()) * max(rows_per_pass // args.mc_batch_size // len(widths), 1), rows_per_pass)
+        batched(everything, rows_per_pass)  # warm-up: compiles every (width, answer window) shape
         got, batched_s = timed(lambda: batched(everything, rows_per_pass))
         diff = np.abs(np.asarray(got)[:, 0] - np.asarray(want)[:, 0])
         print(f"  batched, {rows_per_pass} rows/pass: {len(pairs) / batched_s:.2f} requests/s, speed-up "
@@ -119,6 +121,9 @@ def main():
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--mc-num", type=int, default=128)
     parser.add_argument("--mc-batch-size", type=int, default=8)
+    parser.add_argument("--answer-lengths", type=lambda t: tuple(int(v) for v in t.split("-")), default=(2, 12),
+                        help="answer tokens, uniform in LOW-HIGH (1 token: MMLU letters; 2-12: ARC, winogrande; "
+                             "15-30: hellaswag, piqa)")
     parser.add_argument("--rows-per-pass", type=lambda t: [int(v) for v in t.split(",")], default=[64, 512])
     parser.add_argument("--gen-requests", type=int, default=16)
     parser.add_argument("--gen-length", type=int, default=32)
@@ -129,7 +134,8 @@ def main():
     params = model_lib.init_params(cfg, 0)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, model {args.model}: {MODELS[args.model]}")
     loglikelihood_rates(graphdef, params, args)
-    generation_rates(graphdef, params, args)
+    if args.gen_requests:
+        generation_rates(graphdef, params, args)
 
 
 if __name__ == "__main__":

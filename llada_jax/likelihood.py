@@ -15,9 +15,9 @@ are offered (`estimator`):
   official table. (torch computes k + j L / B in float32 via linspace; exact arithmetic is used here.)
 The tests enumerate both expectations exactly on a tiny model.
 
-Many requests are scored together by `batched_log_likelihoods`: the unit of work is one mini-batch of one
-request, and forward passes hold many such groups (rows sorted by padded length), sharded over the mesh.
-An answer of one token is scored exactly in one row (every sample would mask that token alone).
+Many requests are scored together by `batched_log_likelihoods`, with the same masks and estimates: each
+request's distinct maskings are scored once (a short answer has few), rows of many requests share forward
+passes (sorted by padded length, sharded over the mesh), and logits are computed only over answer spans.
 
 Sequences are padded to a multiple of `bucket` tokens (the padding is its own attention segment, so it
 changes nothing) and the lengths are traced values: scoring many answers compiles once per bucket.
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax import diffusion
+from llada_jax import model as model_lib
 from llada_jax.sampling import guided_logits
 
 
@@ -97,30 +98,6 @@ def minibatch_nll(graphdef, params, seq, prompt_len, answer_len, key, *, batch: 
                       cfg_scale=cfg_scale)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "batch", "mask_id", "cfg_scale", "estimator"))
-def group_nll(graphdef, params, seqs, prompt_lens, answer_lens, key_data, minibatch, *, batch: int, mask_id: int,
-              cfg_scale: float = 0.0, estimator: str = "unbiased"):
-    """[G, batch] per-sample values for G mini-batches (of any requests) in one forward pass of G * batch rows.
-
-    Group g is mini-batch `minibatch[g]` of the request whose key is `key_data[g]`: its masks are those
-    `minibatch_nll` draws with fold_in(key, minibatch[g]), so both paths give the same numbers.
-    """
-    groups, total = seqs.shape
-
-    def masks(data, index, prompt_len, answer_len):
-        key = jax.random.fold_in(jax.random.wrap_key_data(data), index)
-        return sample_masks(key, batch, total, prompt_len, answer_len, estimator)
-
-    masked = jax.vmap(masks)(key_data, minibatch, prompt_lens, answer_lens).reshape(groups * batch, total)
-
-    def per_row(x):  # each group's value repeated for its `batch` rows
-        return jnp.broadcast_to(x[:, None], (groups, batch) + x.shape[1:]).reshape((groups * batch,) + x.shape[1:])
-
-    values = masked_nll(graphdef, params, per_row(seqs), masked, per_row(prompt_lens), per_row(answer_lens),
-                        mask_id=mask_id, cfg_scale=cfg_scale)
-    return values.reshape(groups, batch)
-
-
 def log_likelihood(graphdef, params, prompt: list[int], answer: list[int], key, *, mask_id: int,
                    mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
                    bucket: int = 32, estimator: str = "unbiased") -> tuple[float, float]:
@@ -176,10 +153,13 @@ def batched_log_likelihoods(graphdef, params, requests, key_data, *, mask_id: in
     """`log_likelihood` for many (prompt ids, answer ids) requests at once: [(estimate, stderr)] in order.
 
     key_data [N, 2] uint32 (jax.random.key_data of each request's key): with the same key a request gets
-    exactly the masks `log_likelihood` would draw. Mini-batches of all requests are sorted by padded width
-    and packed about `rows_per_pass` rows to a forward pass; one-token answers take one exact row (stderr 0).
+    exactly the masks `log_likelihood` would draw, and the same estimate. Work saved without changing it:
+    - a masking drawn twice for one request is scored once (a short answer has few distinct maskings: an answer
+      of L tokens has at most 2^L - 1, so mc_num=128 samples of a 4-token answer are about 15 forward rows);
+    - rows of all requests share forward passes of about `rows_per_pass` rows, sorted by padded width;
+    - the output head runs only over each row's answer window, not the prompt.
     With a mesh, every pass is split over its batch axes; on several hosts each process feeds its share of
-    the groups and all processes receive every value. `progress(done, total)` counts rows.
+    the rows and all processes receive every value. `progress(done, total)` counts rows scored.
     """
     from llada_jax.config import ConfigError
 
@@ -187,46 +167,128 @@ def batched_log_likelihoods(graphdef, params, requests, key_data, *, mask_id: in
     if any(not answer for _, answer in requests):
         raise ConfigError("an answer is empty; give at least one answer token to score")
     minibatches = max(mc_num // batch_size, 1)
-    exact, sampled = [], []
-    for r, (prompt, answer) in enumerate(requests):
-        width = -(-(len(prompt) + len(answer)) // bucket) * bucket
-        if len(answer) == 1:
-            exact.append((width, r, 0))
-        else:
-            sampled += [(width, r, i) for i in range(minibatches)]
-    values = {}
-    total, done = len(exact) + len(sampled) * batch_size, 0
-    for batch, groups in ((1, exact), (batch_size, sampled)):
-        per_pass = _groups_per_pass(rows_per_pass, batch, mesh)
-        for chunk in _same_width_chunks(sorted(groups), per_pass):
-            out = _score_groups(graphdef, params, requests, key_data, chunk, per_pass, batch, mesh,
-                                mask_id=mask_id, cfg_scale=cfg_scale, estimator=estimator)
-            for (_, r, i), row in zip(chunk, out):
-                values.setdefault(r, np.zeros((1 if batch == 1 else minibatches, batch)))[i] = row
-            done += len(chunk) * batch
-            if progress is not None:
-                progress(done, total)
-    return [(-float(values[r][0, 0]), 0.0) if len(answer) == 1 else summarize(values[r])
-            for r, (_, answer) in enumerate(requests)]
+    rows, inverses = _distinct_rows(requests, key_data, minibatches, batch_size, bucket, estimator)
+    values = np.zeros(len(rows))
+    per_pass = _rows_per_pass(rows_per_pass, mesh)
+    order = sorted(range(len(rows)), key=lambda i: rows[i][:2])
+    done = 0
+    for chunk in _same_shape_chunks(order, rows, per_pass):
+        values[chunk] = _score_rows(graphdef, params, requests, [rows[i] for i in chunk],
+                                    _pass_rows(len(chunk), per_pass, mesh), mesh, mask_id=mask_id,
+                                    cfg_scale=cfg_scale)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(rows))
+    out = []
+    for (_, answer), (first, inverse) in zip(requests, inverses):
+        samples = values[first + inverse].reshape(minibatches, batch_size)
+        out.append((-float(samples[0, 0]), 0.0) if len(answer) == 1 else summarize(samples))
+    return out
 
 
-def _same_width_chunks(groups, size: int):
-    """Consecutive runs of at most `size` groups sharing a padded width (groups sorted by width)."""
+def answer_window(answer_len: int) -> int:
+    """The static answer span a forward pass computes logits for: the next power of two (few compiled shapes)."""
+    return 1 << max(answer_len - 1, 0).bit_length()
+
+
+def _distinct_rows(requests, key_data, minibatches: int, batch: int, bucket: int, estimator: str):
+    """Every request's masks (as `log_likelihood` draws them), reduced to its distinct ones.
+
+    Returns rows [(padded width, answer window, request, answer-span mask)] and, per request, (index of its
+    first row, [minibatches * batch] index of each sample's row among its own).
+    """
+    widths = [-(-(len(p) + len(a)) // bucket) * bucket for p, a in requests]
+    by_width: dict[int, list[int]] = {}
+    for r, width in enumerate(widths):
+        by_width.setdefault(width, []).append(r)
+    spans = [None] * len(requests)
+    for width, members in by_width.items():
+        for start in range(0, len(members), MASK_CHUNK):
+            part = members[start:start + MASK_CHUNK]
+            padded = part + [part[0]] * (MASK_CHUNK - len(part))
+            masks = np.asarray(request_masks(
+                np.asarray(key_data)[padded], np.asarray([len(requests[r][0]) for r in padded], np.int32),
+                np.asarray([len(requests[r][1]) for r in padded], np.int32), minibatches=minibatches, batch=batch,
+                total=width, estimator=estimator))
+            for r, mask in zip(part, masks):
+                prompt_len, answer_len = len(requests[r][0]), len(requests[r][1])
+                spans[r] = mask[:, prompt_len:prompt_len + answer_len]
+    rows, inverses = [], []
+    for r, span in enumerate(spans):
+        distinct, inverse = np.unique(span, axis=0, return_inverse=True)
+        inverses.append((len(rows), inverse.reshape(-1)))
+        window = answer_window(len(requests[r][1]))
+        rows += [(widths[r], window, r, mask) for mask in distinct]
+    return rows, inverses
+
+
+MASK_CHUNK = 32  # requests whose masks are drawn in one call (padded, so one compiled shape per width)
+
+
+@functools.partial(jax.jit, static_argnames=("minibatches", "batch", "total", "estimator"))
+def request_masks(key_data, prompt_lens, answer_lens, *, minibatches: int, batch: int, total: int,
+                  estimator: str):
+    """[N, minibatches * batch, total] masks of N requests: mini-batch i uses fold_in(key, i), as in
+    `log_likelihood`."""
+
+    def one_request(data, prompt_len, answer_len):
+        key = jax.random.wrap_key_data(data)
+        draw = lambda i: sample_masks(jax.random.fold_in(key, i), batch, total, prompt_len, answer_len,  # noqa: E731
+                                      estimator)
+        return jax.vmap(draw)(jnp.arange(minibatches)).reshape(minibatches * batch, total)
+
+    return jax.vmap(one_request)(key_data, prompt_lens, answer_lens)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window", "mask_id", "cfg_scale"))
+def rows_nll(graphdef, params, seqs, masked, prompt_lens, answer_lens, *, window: int, mask_id: int,
+             cfg_scale: float = 0.0):
+    """[R] (L / l) * sum of masked CE, like `masked_nll`, with the output head run over only the `window`
+    columns from each row's answer start (the vocabulary projection is most of a small model's work)."""
+    from llada_jax.output_head import project
+    from llada_jax.sampling_cache import combine_guidance, with_guidance
+
+    rows, total = seqs.shape
+    cols = jnp.arange(total)[None, :]
+    noisy = jnp.where(masked, mask_id, seqs)
+    positions = jnp.broadcast_to(cols, (rows, total))
+    segment_ids = (cols < (prompt_lens + answer_lens)[:, None]).astype(jnp.int32)
+    prompt_mask = cols < prompt_lens[:, None]
+    head = model_lib.apply_head(graphdef, params, *with_guidance(noisy, positions, segment_ids, prompt_mask,
+                                                                  mask_id, cfg_scale))
+    take = jnp.minimum(prompt_lens[:, None] + jnp.arange(window)[None, :], total - 1)  # [R, window]
+    copies = head.hidden.shape[0] // rows  # 2 with guidance: conditional rows, then unconditional ones
+    hidden = jnp.take_along_axis(head.hidden, jnp.tile(take, (copies, 1))[..., None], axis=1)
+    logits = combine_guidance(project(hidden, head.weight), cfg_scale)
+    ce = diffusion.cross_entropy(logits, jnp.take_along_axis(seqs, take, axis=1))
+    scored = jnp.take_along_axis(masked, take, axis=1) & (jnp.arange(window)[None, :] < answer_lens[:, None])
+    return jnp.sum(ce * scored, axis=1) * answer_lens / jnp.sum(scored, axis=1)
+
+
+def _same_shape_chunks(order, rows, size: int):
+    """Consecutive runs of at most `size` row indices sharing (width, answer window); `order` sorted by them."""
     chunk = []
-    for group in groups:
-        if chunk and (len(chunk) == size or group[0] != chunk[0][0]):
+    for i in order:
+        if chunk and (len(chunk) == size or rows[i][:2] != rows[chunk[0]][:2]):
             yield chunk
             chunk = []
-        chunk.append(group)
+        chunk.append(i)
     if chunk:
         yield chunk
 
 
-def _groups_per_pass(rows_per_pass: int, batch: int, mesh) -> int:
-    """Groups per forward pass: about rows_per_pass rows, a multiple of the batch shards and of the processes."""
-    groups = max(rows_per_pass // batch, 1)
+def _pass_rows(rows: int, per_pass: int, mesh) -> int:
+    """A pass's padded row count: the next power of two times the mesh multiple, at most `per_pass` (a short
+    chunk is not padded to a full pass; a few shapes compile)."""
     multiple = batch_multiple(mesh)
-    return -(-groups // multiple) * multiple
+    units = -(-rows // multiple)
+    return min(multiple * (1 << (units - 1).bit_length()), per_pass)
+
+
+def _rows_per_pass(rows_per_pass: int, mesh) -> int:
+    """Rows per forward pass: about rows_per_pass, a multiple of the batch shards and of the processes."""
+    multiple = batch_multiple(mesh)
+    return -(-max(rows_per_pass, 1) // multiple) * multiple
 
 
 def batch_multiple(mesh) -> int:
@@ -239,21 +301,21 @@ def batch_multiple(mesh) -> int:
     return math.lcm(shards, jax.process_count())
 
 
-def _score_groups(graphdef, params, requests, key_data, chunk, per_pass, batch, mesh, **options) -> np.ndarray:
-    """group_nll on one chunk padded to `per_pass` groups (copies of its first); [len(chunk), batch] values."""
-    width = chunk[0][0]
+def _score_rows(graphdef, params, requests, chunk, per_pass, mesh, **options) -> np.ndarray:
+    """rows_nll on one chunk of rows padded to `per_pass` (copies of its first); [len(chunk)] values."""
+    width, window = chunk[0][:2]
     padded = chunk + [chunk[0]] * (per_pass - len(chunk))
     seqs = np.zeros((per_pass, width), np.int32)
-    for g, (_, r, _) in enumerate(padded):
-        tokens = list(requests[r][0]) + list(requests[r][1])
-        seqs[g, :len(tokens)] = tokens
-    arrays = {"seqs": seqs,
-              "prompt_lens": np.asarray([len(requests[r][0]) for _, r, _ in padded], np.int32),
-              "answer_lens": np.asarray([len(requests[r][1]) for _, r, _ in padded], np.int32),
-              "key_data": np.asarray(key_data)[[r for _, r, _ in padded]],
-              "minibatch": np.asarray([i for _, _, i in padded], np.int32)}
+    masked = np.zeros((per_pass, width), bool)
+    for n, (_, _, r, span) in enumerate(padded):
+        prompt, answer = requests[r]
+        seqs[n, :len(prompt) + len(answer)] = list(prompt) + list(answer)
+        masked[n, len(prompt):len(prompt) + len(answer)] = span
+    arrays = {"seqs": seqs, "masked": masked,
+              "prompt_lens": np.asarray([len(requests[r][0]) for _, _, r, _ in padded], np.int32),
+              "answer_lens": np.asarray([len(requests[r][1]) for _, _, r, _ in padded], np.int32)}
     if mesh is None:
-        return np.asarray(group_nll(graphdef, params, **arrays, batch=batch, **options))[:len(chunk)]
+        return np.asarray(rows_nll(graphdef, params, **arrays, window=window, **options))[:len(chunk)]
     from jax.experimental import multihost_utils
 
     from llada_jax import sharding
@@ -262,5 +324,5 @@ def _score_groups(graphdef, params, requests, key_data, chunk, per_pass, batch, 
     start = jax.process_index() * share
     local = {name: value[start:start + share] for name, value in arrays.items()}
     with jax.set_mesh(mesh):
-        out = group_nll(graphdef, params, **sharding.global_batch(local, mesh), batch=batch, **options)
+        out = rows_nll(graphdef, params, **sharding.global_batch(local, mesh), window=window, **options)
     return np.asarray(multihost_utils.process_allgather(out, tiled=True))[:len(chunk)]

@@ -100,6 +100,8 @@ def test_auto_picks_per_backend_and_falls_back_on_unsupported_shapes():
     assert A.resolve("auto", 4096, 4096, 128, platform="gpu") == "cudnn"
     assert A.resolve("auto", 4096, 4096, 128, platform="tpu") == "splash"
     assert A.resolve("auto", 4096, 4096, 128, platform="cpu") == "blockwise"
+    assert A.resolve("auto", 512, 512, 128, platform="cpu") == "xla"  # one block: blockwise would only be slower
+    assert A.resolve("auto", 600, 600, 128, platform="cpu", block_size=1024) == "xla"
     assert A.resolve("auto", 100, 100, 128, platform="tpu") == "blockwise"  # not a multiple of 128
     assert A.resolve("splash", 128, 256, 128, platform="tpu") == "blockwise"  # cached prefix
     assert A.resolve("cudnn", 128, 128, 64, platform="cpu") == "blockwise"

@@ -2,8 +2,8 @@
 
 The official harness class handles one request at a time (mc_num / batch_size forward passes per answer).
 Here every request type is batched across requests and sharded over the checkpoint's mesh:
-- loglikelihood: `likelihood.batched_log_likelihoods` (Monte Carlo rows of many requests per pass; one-token
-  answers exact in one row); the greedy flag, when asked, by batched greedy decoding of the answer span.
+- loglikelihood: `likelihood.batched_log_likelihoods` (the distinct Monte Carlo rows of many requests per
+  pass: a short answer has few, a one-token answer one); the greedy flag, when asked, by batched greedy decoding of the answer span.
 - generate_until: `sampling.generate` on batches of left-padded prompts (its fast modes: threshold or
   factor parallel decoding, prefix or dual KV cache), cut at EOS and at the stop strings.
 - loglikelihood_rolling: the ELBO of the whole text (windows of max_seq_len scored with an empty prompt),
@@ -61,12 +61,11 @@ class LladaJaxLM(LM):
     def score_pairs(self, pairs, contexts, label):
         """[(log-likelihood, stderr)] of (prompt ids, answer ids) pairs keyed by their context strings."""
         s = self.settings
-        rows = sum(1 if len(a) == 1 else max(s.mc_num // s.mc_batch_size, 1) * s.mc_batch_size for _, a in pairs)
-        progress = self._progress(label, rows, len(pairs))
+        progress = self._progress(label, len(pairs), len(pairs))
         return likelihood.batched_log_likelihoods(
             self.graphdef, self.params, pairs, req_lib.request_keys(contexts, s.seed), mask_id=self.mask_id,
             mc_num=s.mc_num, batch_size=s.mc_batch_size, cfg_scale=s.cfg_scale, estimator=s.estimator,
-            rows_per_pass=s.rows_per_pass, mesh=self.mesh, progress=lambda done, _: progress.update(done))
+            rows_per_pass=s.rows_per_pass, mesh=self.mesh, progress=progress.update)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         pairs, contexts = [], []

@@ -25,7 +25,10 @@ class Progress:
         return (f"[{self.label}] {finished:.0f}/{self.requests} requests, {rate:.2f} requests/s, "
                 f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, total: int | None = None) -> None:
+        """`total` replaces the unit count when it is only known once work starts (distinct Monte Carlo rows)."""
+        if total is not None:
+            self.total = max(total, 1)
         now = self.clock()
         if self.enabled and (done >= self.total or now - self.last >= self.every_s):
             self.last = now
