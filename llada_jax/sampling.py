@@ -74,15 +74,12 @@ def check_options(remasking: str, temperature: float, cfg_scale: float, threshol
 def generate(graphdef, params, prompt, prompt_valid, key, *, gen_length: int, steps: int, block_length: int,
              temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
              mask_id: int = 126336, threshold: float | None = None, factor: float | None = None,
-             cache: str = "none", eos_id: int | None = None, kv_cache: bool = False):
+             cache: str = "none", eos_id: int | None = None):
     """prompt [B, P] (left-padded; `prompt_valid` marks real tokens) -> (tokens [B, P + G], reveal step [B, P + G]
     (-1 where nothing was revealed), forward passes used).
 
     Checks the schedule and options in Python (one-sentence ConfigError), then runs the jitted decoder.
-    `kv_cache=True` is the older spelling of cache="prefix" (the eval harness still uses it).
     """
-    if kv_cache and cache == "none":
-        cache = "prefix"
     check_schedule(gen_length, steps, block_length)
     check_options(remasking, temperature, cfg_scale, threshold, factor, cache)
     optional = lambda v, kind: None if v is None else kind(v)  # noqa: E731  (hashable static arguments)

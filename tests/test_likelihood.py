@@ -119,21 +119,35 @@ def export(tmp_path_factory):
     return params_export(tmp_path_factory.mktemp("export"))
 
 
-def test_score_cli_answers_and_multiple_choice(export, tmp_path, capsys):
+@pytest.mark.parametrize("estimator", ["unbiased", "official"])
+def test_score_cli_answers_and_multiple_choice(export, tmp_path, capsys, estimator):
+    """The CLI scores items together but prints, per answer, what log_likelihood gives with the item's key."""
     import json
+
+    from llada_jax import checkpoint
+    from llada_jax.data.vocab import get_vocabulary
 
     data = tmp_path / "mc.jsonl"
     data.write_text('{"prompt": "ab", "choices": ["cd", "efg"], "label": 1}\n\n{"prompt": "x", "answer": "yz"}\n'
                     '{"prompt": "q", "choices": ["r", "s"]}\n')
-    assert main(["score", f"--checkpoint={export}", f"--input={data}", "--mc-num=8", "--batch-size=4"]) == 0
+    assert main(["score", f"--checkpoint={export}", f"--input={data}", "--mc-num=8", "--batch-size=4",
+                 f"--estimator={estimator}", "--rows-per-pass=4"]) == 0
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.strip().splitlines()]
-    assert "score: item 1/3" in captured.err and "score: item 3/3" in captured.err  # progress on stderr only
+    assert "score: item 3/3" in captured.err  # progress on stderr only
     assert len(lines) == 4 and [r.get("item") for r in lines[:3]] == [1, 2, 3]
     assert len(lines[0]["log_likelihood"]) == 2 and lines[0]["pick"] in (0, 1) and "correct" in lines[0]
     assert lines[1]["log_likelihood"][0] < 0 and "pick" not in lines[1]
     assert "pick" in lines[2] and "correct" not in lines[2]
     assert lines[3] == {"accuracy": float(lines[0]["correct"]), "labelled": 1}
+    graphdef, params, config = checkpoint.load_model(str(export))
+    vocab = get_vocabulary(config)
+    for n, (prompt, answers) in enumerate([("ab", ["cd", "efg"]), ("x", ["yz"]), ("q", ["r", "s"])]):
+        key = jax.random.fold_in(jax.random.key(0), n)
+        want = [likelihood.log_likelihood(graphdef, params, vocab.encode(prompt), vocab.encode(a), key,
+                                          mask_id=config.model.mask_token_id, mc_num=8, batch_size=4,
+                                          estimator=estimator)[0] for a in answers]
+        np.testing.assert_allclose(lines[n]["log_likelihood"], want, atol=2e-4)
 
 
 @pytest.mark.parametrize("content, fragment", [

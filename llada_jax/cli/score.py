@@ -3,11 +3,15 @@
 Each JSONL line is {"prompt": ..., "answer": ...} (prints log p(answer | prompt)) or {"prompt": ...,
 "choices": [...], "label": i} (picks the choice with the highest estimate; accuracy when labels are given).
 Output: one JSON object per input line, then {"accuracy": ...} when any line had a label.
+Items are scored ITEMS_PER_CALL at a time by `likelihood.batched_log_likelihoods` (each answer's distinct
+maskings once, many answers per forward pass); the estimates equal one-answer-at-a-time scoring.
 """
 from __future__ import annotations
 
 import argparse
 import json
+
+ITEMS_PER_CALL = 32  # items scored together: enough rows to fill passes, output still streams
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +19,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="JSONL with prompt and answer, or prompt and choices")
     parser.add_argument("--mc-num", type=int, default=128, help="Monte Carlo samples per answer")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (mini-batch)")
-    parser.add_argument("--cfg-scale", type=float, default=0.0)
+    parser.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
+    parser.add_argument("--estimator", choices=["unbiased", "official"], default="unbiased",
+                        help="stratified rounding: unbiased, or half-to-even as the official get_log_likelihood.py")
+    parser.add_argument("--rows-per-pass", type=int, default=64,
+                        help="Monte Carlo rows of several items scored in one forward pass")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="cast params once at load (auto: bfloat16 on GPU/TPU, as stored on CPU)")
@@ -65,6 +73,7 @@ def read_items(path: str) -> list[dict]:
 
 def run(args, overrides) -> int:
     import jax
+    import numpy as np
 
     from llada_jax import checkpoint, likelihood, serving_params
     from llada_jax.config import ConfigError
@@ -72,8 +81,8 @@ def run(args, overrides) -> int:
     from llada_jax.cli.sample import inference_mesh
     from llada_jax.progress import Progress, fmt_time, stderr
 
-    if args.mc_num <= 0 or args.batch_size <= 0 or args.cfg_scale < 0:
-        raise ConfigError("--mc-num and --batch-size must be positive and --cfg-scale >= 0")
+    if args.mc_num <= 0 or args.batch_size <= 0 or args.rows_per_pass <= 0 or args.cfg_scale < 0:
+        raise ConfigError("--mc-num, --batch-size and --rows-per-pass must be positive and --cfg-scale >= 0")
     items = read_items(args.input)
     mesh = inference_mesh(args.checkpoint, overrides)
     config = checkpoint.read_config(checkpoint.resolve(args.checkpoint))
@@ -93,15 +102,19 @@ def run(args, overrides) -> int:
     key = jax.random.key(args.seed)
     correct = labelled = 0
     progress = Progress(len(items))
-    with jax.set_mesh(mesh):
-        for n, (item, (prompt, answers)) in enumerate(zip(items, encoded)):
-            if n == 0:
-                stderr(f"score: {len(items)} items x {args.mc_num} samples (the first item compiles) ...")
-            # one key per item: the choices share their random numbers, so their comparison is less noisy
-            scores = [likelihood.log_likelihood(graphdef, params, prompt, a, jax.random.fold_in(key, n),
-                                                mask_id=config.model.mask_token_id, mc_num=args.mc_num,
-                                                batch_size=args.batch_size, cfg_scale=args.cfg_scale)
-                      for a in answers]
+    stderr(f"score: {len(items)} items x {args.mc_num} samples (the first passes compile) ...")
+    for start in range(0, len(items), ITEMS_PER_CALL):
+        part = range(start, min(start + ITEMS_PER_CALL, len(items)))
+        # one key per item: its choices share their random numbers, so their comparison is less noisy
+        pairs = [(encoded[n][0], a) for n in part for a in encoded[n][1]]
+        key_data = np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(key, n)))
+                             for n in part for _ in encoded[n][1]])
+        scored = iter(likelihood.batched_log_likelihoods(
+            graphdef, params, pairs, key_data, mask_id=config.model.mask_token_id, mc_num=args.mc_num,
+            batch_size=args.batch_size, cfg_scale=args.cfg_scale, estimator=args.estimator,
+            rows_per_pass=args.rows_per_pass, mesh=mesh))
+        for n in part:
+            item, scores = items[n], [next(scored) for _ in encoded[n][1]]
             record = {"item": n + 1, "log_likelihood": [round(s, 4) for s, _ in scores],
                       "stderr": [round(e, 4) for _, e in scores]}
             if "choices" in item:
@@ -111,8 +124,9 @@ def run(args, overrides) -> int:
                     record["correct"] = record["pick"] == item["label"]
                     correct += int(record["correct"])
             print(json.dumps(record), flush=True)
-            if progress.due(n + 1):
-                stderr(f"score: item {n + 1}/{len(items)} | {fmt_time(progress.elapsed())} elapsed | ETA {progress.eta()}")
+        done = part.stop
+        if progress.due(done) or done == len(items):
+            stderr(f"score: item {done}/{len(items)} | {fmt_time(progress.elapsed())} elapsed | ETA {progress.eta()}")
     if labelled:
         print(json.dumps({"accuracy": correct / labelled, "labelled": labelled}))
     return 0
