@@ -1,14 +1,28 @@
-"""Every test process sees 8 simulated CPU devices, so sharded code paths run here as on a pod slice."""
+"""Every test process sees 8 simulated CPU devices, so sharded code paths run here as on a pod slice.
+
+One persistent compilation cache in a temporary folder serves the whole session: this process and every CLI
+subprocess it starts (through LLADA_JAX_COMPILATION_CACHE), so the many small runs of the same model compile
+each program once instead of once per test. Nothing is written to ~/.cache; the folder goes at exit.
+"""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("LLADA_JAX_COMPILATION_CACHE", "off")  # CLI tests must not write to ~/.cache
+if "LLADA_JAX_COMPILATION_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="llada_jax_test_compilation_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["LLADA_JAX_COMPILATION_CACHE"] = _cache
 
 import jax  # noqa: E402
 
+from llada_jax import compile_cache  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")
+compile_cache.enable()
 
 import pytest  # noqa: E402
 
