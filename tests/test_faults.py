@@ -196,6 +196,22 @@ def test_resuming_a_finished_run_reports_its_last_train_loss(run_copy):
     assert sum(1 for r in records_of(run_copy) if r.get("final")) == 1
 
 
+def test_tensorboard_shows_each_step_once_with_the_resumed_value_after_a_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = ("train.eval_batches=1", "checkpoint.every_steps=1", "checkpoint.keep_last=0", "train.steps=3")
+    loop.run(small_config(*logged), tmp_path, quiet=True)
+    for step in (2, 3):  # as if killed after logging step 3 while only checkpoint 1 was complete
+        shutil.rmtree(tmp_path / "checkpoints" / str(step))
+    loop.run(small_config(*logged, "optimizer.lr=0.01"), tmp_path, quiet=True)  # a new lr: new values from step 2
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [step for step, _ in loss] == [1, 2, 3]  # before: 1, 2, 3, 2, 3
+    resumed = {r["step"]: r["loss"] for r in records_of(tmp_path) if "loss" in r and not r.get("final")}
+    np.testing.assert_allclose([value for _, value in loss], [resumed[1], resumed[2], resumed[3]], rtol=1e-6)
+
+
 # ---------------------------------------------------------------- config mistakes
 
 
