@@ -429,6 +429,40 @@ def test_prepare_refuses_input_changed_while_it_ran(tmp_path, monkeypatch):
     assert not records.read_manifest(str(tmp_path / "out"))["complete"]
 
 
+def _register_seqio_task(name, texts):
+    import seqio
+    import tensorflow as tf
+
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(
+            lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices({"targets": texts}),
+            splits=["train"]),
+        preprocessors=[seqio.preprocessors.tokenize],
+        output_features={"targets": seqio.Feature(seqio.ByteVocabulary(), add_eos=False)})
+
+
+def test_prepare_notices_a_changed_seqio_task_definition(tmp_path):
+    name, out = "llada_fault_task", tmp_path / "out"
+    seqio_kw = {"task": name, "split": "train", "feature": "targets", "import_module": ""}
+    run = lambda **kw: prepare.prepare(str(out), source="seqio", vocab=V, source_kw=seqio_kw, docs_per_shard=4,
+                                       log=lambda s: None, **kw)
+    try:
+        _register_seqio_task(name, ["first text", "second text"])
+        first = run()["inputs"]
+        _register_seqio_task(name, ["first text", "second text"])  # registered again, same definition
+        assert run()["inputs"] == first
+        _register_seqio_task(name, ["first text", "an edited second text"])
+        with pytest.raises(ConfigError, match=f"seqio task '{name}' \\(its definition\\) changed since"):
+            run()  # before: "already complete", the old text kept
+        run(overwrite=True)
+    finally:
+        import seqio
+        seqio.TaskRegistry.remove(name)
+    _, src, _ = records.open_split(str(out), "train", V)
+    assert [V.decode(records.decode_record(src[i])) for i in range(len(src))] == ["first text", "an edited second text"]
+
+
 def test_a_same_size_corrupt_shard_is_named_before_training_reads_it(tmp_path):
     _prepare(tmp_path / "out", _texts(tmp_path / "in"))
     shard = tmp_path / "out" / records.shard_name("train", 0)
