@@ -22,7 +22,7 @@ from llada_jax.config import ConfigError
 
 # Errors a collective or barrier raises when a peer is gone (CPU/gloo, the coordination service).
 LOST_PEER_ERROR = re.compile(r"Gloo .*failed|Connection (closed|reset) by peer|heartbeat timeout|stopped sending "
-                             r"heartbeats|Barrier failed|coordination service|Socket closed|UNAVAILABLE", re.I)
+                             r"heartbeats|Barrier failed")
 # What the worker prints before waiting for the coordination service's verdict (supervisor.py looks for it).
 LOST_PEER_MARKER = "llada-jax: a collective with another process failed"
 
