@@ -25,6 +25,8 @@ LOST_PEER_ERROR = re.compile(r"Gloo .*failed|Connection (closed|reset) by peer|h
                              r"heartbeats|Barrier failed")
 # What the worker prints before waiting for the coordination service's verdict (supervisor.py looks for it).
 LOST_PEER_MARKER = "llada-jax: a collective with another process failed"
+WORKER_ENV = "LLADA_JAX_WORKER"  # set in a worker that supervisor.py started
+EXIT_LOST_PEER = 75  # EX_TEMPFAIL: the job can be retried (resumed) as it is
 
 
 def _cluster_environment() -> str:
@@ -37,7 +39,8 @@ def _cluster_environment() -> str:
     return ""
 
 
-def _settings(dist_cfg) -> tuple[str, int, int]:
+def settings(dist_cfg) -> tuple[str, int, int]:
+    """(coordinator address, number of processes, this process's id) from the config or the environment."""
     address = dist_cfg.coordinator_address or os.environ.get("LLADA_COORDINATOR_ADDRESS", "")
     num = int(dist_cfg.num_processes or os.environ.get("LLADA_NUM_PROCESSES", 0))
     pid = int(dist_cfg.process_id if dist_cfg.process_id >= 0 else os.environ.get("LLADA_PROCESS_ID", -1))
@@ -46,7 +49,7 @@ def _settings(dist_cfg) -> tuple[str, int, int]:
 
 def is_multiprocess(dist_cfg) -> bool:
     """Whether `initialize` would start jax.distributed (decided without importing JAX)."""
-    address, num, _ = _settings(dist_cfg)
+    address, num, _ = settings(dist_cfg)
     return bool(address and num > 1) or bool(dist_cfg.auto and _cluster_environment())
 
 
@@ -68,15 +71,11 @@ def await_lost_peer(error: BaseException, dist_cfg) -> None:
     os._exit(EXIT_LOST_PEER)
 
 
-WORKER_ENV = "LLADA_JAX_WORKER"  # set in a worker that supervisor.py started
-EXIT_LOST_PEER = 75  # EX_TEMPFAIL: the job can be retried (resumed) as it is
-
-
 def initialize(dist_cfg) -> bool:
     """Initialises jax.distributed when the job spans several processes; returns whether it did."""
     import jax
 
-    address, num, pid = _settings(dist_cfg)
+    address, num, pid = settings(dist_cfg)
     if address:
         if num < 1 or not 0 <= pid < num:
             raise ConfigError(

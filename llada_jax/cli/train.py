@@ -34,7 +34,7 @@ def run(args, overrides) -> int:
                 return 0
             from llada_jax import supervisor
 
-            _, num, pid = distributed._settings(config.distributed)
+            _, num, pid = distributed.settings(config.distributed)
             return supervisor.supervise(args.argv, args.workdir, pid, num)
         from llada_jax import loop
 
