@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = 0
     c.distributed.process_id = -1
     c.distributed.timeout_s = 300
+    # A process silent this long is declared lost and the others stop (they can be resumed from the last checkpoint)
+    c.distributed.heartbeat_timeout_s = 60
 
     c.train = ml_collections.ConfigDict()
     c.train.objective = "mdm"  # mdm (masked diffusion pretraining) | ar (next-token baseline)

@@ -233,6 +233,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         raise ConfigError(f"checkpoint.timeout_s={config.checkpoint.timeout_s} must be positive (seconds a save may "
                           "take before the run gives up)")
 
+    if "distributed" in config and config.distributed.get("heartbeat_timeout_s", 60) < 1:
+        raise ConfigError(f"distributed.heartbeat_timeout_s={config.distributed.heartbeat_timeout_s} must be >= 1 "
+                          "(seconds a silent process is given before the job counts it as lost)")
+
     o = config.optimizer
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"optimizer.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}")

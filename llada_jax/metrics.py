@@ -28,7 +28,10 @@ class MetricsWriter:
         """Drops records past the restored `step` (and any "final" record) so a resumed run logs each step
         once; returns the last step record kept (what the summary reports if no step runs). The file is
         rewritten under a temporary name and renamed, so a crash here loses nothing. TensorBoard event files
-        are append-only and left as they are (see the README)."""
+        are append-only: a SessionLog START event at step+1 makes TensorBoard drop the earlier runs' events
+        from that step on, so it too shows each step once, with the value logged last."""
+        if self._tb is not None:
+            self._tb.session_start(step + 1)
         if not self.active or not self.path.exists():
             return {}
         kept, last = [], {}
@@ -77,6 +80,7 @@ class _EventFileWriter:
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        self._session_log = event_pb2.SessionLog
         logdir.mkdir(parents=True, exist_ok=True)
         # TensorBoard reads files whose names contain "tfevents"
         self._file = (logdir / f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}").open("ab")
@@ -87,6 +91,12 @@ class _EventFileWriter:
         summary = self._summary(value=[self._summary.Value(tag=name, simple_value=float(value))
                                        for name, value in values.items()])
         self._records.write(self._event(wall_time=time.time(), step=int(step), summary=summary).SerializeToString())
+        self._file.flush()
+
+    def session_start(self, step: int) -> None:
+        """Marks a (re)start at `step`: readers purge events of any step >= `step` written before this one."""
+        log = self._session_log(status=self._session_log.START)
+        self._records.write(self._event(wall_time=time.time(), step=int(step), session_log=log).SerializeToString())
         self._file.flush()
 
     def close(self) -> None:

@@ -196,6 +196,22 @@ def test_resuming_a_finished_run_reports_its_last_train_loss(run_copy):
     assert sum(1 for r in records_of(run_copy) if r.get("final")) == 1
 
 
+def test_tensorboard_shows_each_step_once_with_the_resumed_value_after_a_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = ("train.eval_batches=1", "checkpoint.every_steps=1", "checkpoint.keep_last=0", "train.steps=3")
+    loop.run(small_config(*logged), tmp_path, quiet=True)
+    for step in (2, 3):  # as if killed after logging step 3 while only checkpoint 1 was complete
+        shutil.rmtree(tmp_path / "checkpoints" / str(step))
+    loop.run(small_config(*logged, "optimizer.lr=0.01"), tmp_path, quiet=True)  # a new lr: new values from step 2
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [step for step, _ in loss] == [1, 2, 3]  # before: 1, 2, 3, 2, 3
+    resumed = {r["step"]: r["loss"] for r in records_of(tmp_path) if "loss" in r and not r.get("final")}
+    np.testing.assert_allclose([value for _, value in loss], [resumed[1], resumed[2], resumed[3]], rtol=1e-6)
+
+
 # ---------------------------------------------------------------- config mistakes
 
 
@@ -413,6 +429,40 @@ def test_prepare_refuses_input_changed_while_it_ran(tmp_path, monkeypatch):
     assert not records.read_manifest(str(tmp_path / "out"))["complete"]
 
 
+def _register_seqio_task(name, texts):
+    import seqio
+    import tensorflow as tf
+
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(
+            lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices({"targets": texts}),
+            splits=["train"]),
+        preprocessors=[seqio.preprocessors.tokenize],
+        output_features={"targets": seqio.Feature(seqio.ByteVocabulary(), add_eos=False)})
+
+
+def test_prepare_notices_a_changed_seqio_task_definition(tmp_path):
+    name, out = "llada_fault_task", tmp_path / "out"
+    seqio_kw = {"task": name, "split": "train", "feature": "targets", "import_module": ""}
+    run = lambda **kw: prepare.prepare(str(out), source="seqio", vocab=V, source_kw=seqio_kw, docs_per_shard=4,
+                                       log=lambda s: None, **kw)
+    try:
+        _register_seqio_task(name, ["first text", "second text"])
+        first = run()["inputs"]
+        _register_seqio_task(name, ["first text", "second text"])  # registered again, same definition
+        assert run()["inputs"] == first
+        _register_seqio_task(name, ["first text", "an edited second text"])
+        with pytest.raises(ConfigError, match=f"seqio task '{name}' \\(its definition\\) changed since"):
+            run()  # before: "already complete", the old text kept
+        run(overwrite=True)
+    finally:
+        import seqio
+        seqio.TaskRegistry.remove(name)
+    _, src, _ = records.open_split(str(out), "train", V)
+    assert [V.decode(records.decode_record(src[i])) for i in range(len(src))] == ["first text", "an edited second text"]
+
+
 def test_a_same_size_corrupt_shard_is_named_before_training_reads_it(tmp_path):
     _prepare(tmp_path / "out", _texts(tmp_path / "in"))
     shard = tmp_path / "out" / records.shard_name("train", 0)
@@ -421,6 +471,31 @@ def test_a_same_size_corrupt_shard_is_named_before_training_reads_it(tmp_path):
         records.open_split(str(tmp_path / "out"), "train", V)
     with pytest.raises(ConfigError, match="does not match the checksum"):
         _prepare(tmp_path / "out", _texts(tmp_path / "in"))
+
+
+def test_a_shard_rotten_in_place_is_skipped_record_by_record_with_one_line(tmp_path, capfd):
+    from llada_jax.data import pipeline
+
+    _prepare(tmp_path / "out", _texts(tmp_path / "in", n=40))  # train shards of 4 documents
+    shard = tmp_path / "out" / records.shard_name("train", 1)
+    before, good = os.stat(shard), shard.read_bytes()
+
+    def rot(offset):  # same size, same modification time: only the bytes changed
+        shard.write_bytes(good[:offset] + b"\xff" * 8 + good[offset + 8:])
+        os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    rot(600)  # the shard's index
+    with pytest.raises(ConfigError, match=f"cannot read shard {shard} .*prepare the folder again with --overwrite"):
+        records.open_split(str(tmp_path / "out"), "train", V)
+    rot(400)  # one record's data
+    _, src, info = records.open_split(str(tmp_path / "out"), "train", V)
+    texts = [V.decode(records.decode_record(src[i])) for i in range(len(src))]  # before: chunk data hash mismatch
+    assert len(texts) == info["documents"] and all(t.startswith("document number ") for t in texts)
+    assert src.skipped == 1 and texts[6:8] == ["document number 8 " * 5] * 2  # record 6 replaced by record 7
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and f"of shard {shard} is corrupt" in err and "--overwrite" in err
+    rows = pipeline.rows(src, "pretrain", seq_len=16, eos_id=V.eos_id, pad_id=V.pad_id, seed=0, num_epochs=1)
+    assert sum(1 for _ in rows) > 0  # the grain pipeline reads through the same checks
 
 
 def test_prepare_infers_the_source_from_input_or_refuses(tmp_path, capsys):

@@ -130,3 +130,68 @@ def test_time_based_saves_follow_process_0_despite_clock_skew(tmp_path):
                      overrides=["config.checkpoint.every_minutes=30"])
     assert [r["summary"]["step"] for r in results] == [4, 4]
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4]
+
+
+@pytest.mark.slow
+def test_a_lost_peer_stops_the_others_in_one_line_and_the_same_command_resumes(tmp_path):
+    """Process 1 is SIGKILLed mid-run: process 0 stops within a bounded time with one line naming process 1
+    (no C++ stack trace, no Python traceback), and the same two commands then resume (SIGTERM still stops
+    the supervised workers cleanly) and finish the run."""
+    workdir, port = tmp_path / "run", free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+
+    def start(pid):
+        args = [sys.executable, "-m", "llada_jax.cli", "train", f"--config={TINY}", f"--workdir={workdir}",
+                *[f"--{o}" for o in OVERRIDES], "--config.train.steps=16", "--config.checkpoint.every_steps=2",
+                "--config.distributed.heartbeat_timeout_s=5", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"]
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+    procs = [start(0), start(1)]
+    deadline = time.time() + 400
+    while not (workdir / "checkpoints" / "2").is_dir() and time.time() < deadline and procs[0].poll() is None:
+        time.sleep(0.1)
+    procs[1].kill()  # mid-training: its worker goes with it
+    procs[1].wait()
+    killed = time.time()
+    try:
+        out, err = procs[0].communicate(timeout=150)
+    finally:
+        procs[0].kill()
+    assert time.time() - killed < 150 and procs[0].returncode != 0, err[-3000:]
+    assert "the job lost process 1 of 2, so process 0 stopped too; run the same command again" in err, err[-3000:]
+    assert "Check failure stack trace" not in err and "Traceback" not in err, err[-3000:]
+
+    def finish(procs):
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(out)
+        return outs
+
+    # SIGTERM still reaches the supervised workers: they save at the next step and exit 0
+    procs = [start(0), start(1)]
+    while not (workdir / "checkpoints" / "4").is_dir() and time.time() < deadline + 400 and procs[0].poll() is None:
+        time.sleep(0.1)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = finish(procs)
+    assert "resuming from the checkpoint at step" in outs[0]
+    assert "received " in outs[0] and "; run the same command to resume" in outs[0]
+    assert "resuming from the checkpoint at step" in finish([start(0), start(1)])[0]
+    assert checkpoint.load_params(workdir / "params")[1].train.steps == 16
+
+
+def test_the_lost_process_is_read_from_the_runtimes_messages():
+    from llada_jax.supervisor import lost_processes
+
+    service = ("E1125 13:14:43.959001   17404 coordination_service.cc:1549] [1215] Use error polling to propagate the "
+               "following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending "
+               "heartbeats):\n1\nThe tasks have crashed.\n")
+    assert lost_processes(service) == "process 1"
+    assert lost_processes("Barrier failed because: task is set to ERROR: UNAVAILABLE: Task 3 heartbeat timeout.") == "process 3"
+    leader = ("absl::Status: UNAVAILABLE: Failed to send RPC to coordination service. Either the leader task was "
+              "preempted/died/restarted unexpectedly or this task is experiencing network issues.")
+    assert lost_processes(leader) == "process 0 (the coordinator)"
+    assert lost_processes("Traceback (most recent call last):\nValueError: bad\n") == ""

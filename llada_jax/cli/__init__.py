@@ -66,6 +66,7 @@ def main(argv=None) -> int:
         if argv and argv[0] == name:
             module.register(command)
     args, rest = parser.parse_known_args(argv)
+    args.argv = argv  # what a supervised worker is started with (train with several processes)
     overrides = [a for a in rest if a.startswith("--config.")]
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:

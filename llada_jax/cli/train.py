@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +25,27 @@ def run(args, overrides) -> int:
 
         config = load_config(args.config, overrides)
         validate(config)  # field errors before JAX is imported (the mesh is checked once devices are known)
-        from llada_jax import distributed, loop
+        from llada_jax import distributed
+
+        if distributed.is_multiprocess(config.distributed) and not os.environ.get(distributed.WORKER_ENV):
+            watcher.restore()  # the supervisor forwards signals to the worker, which has its own watcher
+            if watcher.requested:
+                print(f"received {watcher.signal_name} during start-up; nothing to save", flush=True)
+                return 0
+            from llada_jax import supervisor
+
+            _, num, pid = distributed.settings(config.distributed)
+            return supervisor.supervise(args.argv, args.workdir, pid, num)
+        from llada_jax import loop
 
         distributed.initialize(config.distributed)
         if args.init_from:
             config.train.init_from = args.init_from
-        loop.run(config, args.workdir, quiet=args.quiet, stop_after=args.stop_after, watcher=watcher)
+        try:
+            loop.run(config, args.workdir, quiet=args.quiet, stop_after=args.stop_after, watcher=watcher)
+        except Exception as e:
+            distributed.await_lost_peer(e, config.distributed)  # a supervised worker whose peer died: no traceback
+            raise
     finally:
         watcher.restore()
     return 0

@@ -71,6 +71,8 @@ def ensure_prepared(config, vocab, log=_log) -> str:
     ident = prepare.identity_for(d.source, vocab, kw, docs_per_shard, eval_fraction, d.get("chat_template", "auto"))
     # The cache key also covers file sizes and times, so edited input is prepared again.
     stamps = [(os.path.getsize(p), os.path.getmtime(p)) for p in ident["source"].get("files", [])]
+    if d.source == "seqio":  # and a changed Task definition, too
+        stamps = prepare.input_fingerprint(d.source, kw)
     key = hashlib.sha256(json.dumps([ident, stamps], sort_keys=True).encode()).hexdigest()[:16]
     folder = os.path.join(cache_dir(config), f"{d.source}-{vocab.name}-{key}")
     manifest = records.read_manifest(folder)

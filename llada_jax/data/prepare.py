@@ -34,7 +34,13 @@ def identity_for(source: str, vocab, source_kw: dict, docs_per_shard: int, eval_
 
 def input_fingerprint(source: str, source_kw: dict) -> list[dict]:
     """Size and SHA-256 of every input file: a manifest remembers them, so input rewritten after (or during) a
-    prepare is noticed instead of silently mixing old and new shards. Sources without files give []."""
+    prepare is noticed instead of silently mixing old and new shards. A seqio source gives the SHA-256 of its
+    Task's definition instead (task_fingerprint.py); the bundled pydoc corpus gives []."""
+    if source == "seqio":
+        from llada_jax.data import task_fingerprint
+
+        name = source_kw["task"]
+        return [{"file": f"seqio task {name!r} (its definition)", "definition_sha256": task_fingerprint.task_sha256(name)}]
     if source not in ("text", "jsonl", "parquet", "sft_jsonl"):
         return []
     out = []

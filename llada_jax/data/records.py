@@ -11,13 +11,16 @@ Layout of a prepared folder:
 Everything that reads a folder goes through `open_split`, which checks the manifest is complete, the tokenizer
 matches, and every shard has the size and record count the manifest promises, and the SHA-256 it recorded when
 the file was modified since (a truncated or damaged copy fails here, with the shard's name, instead of deep
-inside a worker mid-run).
+inside a worker mid-run). Damage that kept a shard's size and modification time (bit rot in place) is caught
+as the records are read: each record is its own Riegeli chunk with a checked hash, and `CheckedSource` skips
+and reports a record that fails it instead of ending the run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -167,12 +170,79 @@ def open_split(folder: str, split: str, vocab=None):
     import grain
 
     try:
-        source = grain.sources.ArrayRecordDataSource(paths)
+        source = CheckedSource(grain.sources.ArrayRecordDataSource(paths), paths,
+                               [shard["documents"] for shard in info["shards"]])
         n = len(source)
     except Exception as e:
-        raise ConfigError(f"cannot read the shards of {folder} ({str(e).splitlines()[0][:200]}); they are corrupt: "
-                          "prepare the folder again") from None
+        raise ConfigError(f"cannot read shard {_unopenable(paths, grain)} ({str(e).splitlines()[0][:200]}): it is "
+                          "corrupt; copy it again or prepare the folder again with --overwrite") from None
     if n != info["documents"]:
         raise ConfigError(f"the shards of {folder}/{split} hold {n} records but the manifest says {info['documents']}; "
                           "prepare the folder again")
     return manifest, source, info
+
+
+def _unopenable(paths: list[str], grain) -> str:
+    """The first shard whose index cannot be read (only looked for once opening them all failed)."""
+    for path in paths:
+        try:
+            len(grain.sources.ArrayRecordDataSource([path]))
+        except Exception:
+            return path
+    return ", ".join(paths)
+
+
+class CheckedSource:
+    """An ArrayRecord data source whose corrupt records are skipped and counted instead of ending the run.
+
+    Every record of a prepared shard is its own Riegeli chunk with a hash that is checked on each read, so
+    bit rot that left a shard's size and modification time unchanged costs nothing to detect: a record that
+    fails to read is replaced by the next readable one (deterministically, so a resumed run draws the same
+    data), and the first such record of each shard is reported in one line naming the shard and the fix.
+    """
+
+    MAX_IN_A_ROW = 64  # more unreadable records than this in a row: the shard is beyond skipping
+
+    def __init__(self, source, paths: list[str], counts: list[int]):
+        self._source, self._paths = source, list(paths)
+        self._ends = np.cumsum(counts).tolist()
+        self.skipped = 0
+        self._reported: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> bytes:
+        n = len(self._source)
+        for k in range(self.MAX_IN_A_ROW):
+            i = (int(index) + k) % n
+            try:
+                return self._source[i]
+            except Exception as e:  # a Riegeli chunk hash mismatch, or worse
+                self._skip(i, e)
+        shard = self._paths[self._shard_of(int(index) % n)]
+        raise ConfigError(f"shard {shard} has more than {self.MAX_IN_A_ROW} unreadable records in a row: it is corrupt; "
+                          "copy it again or prepare the folder again with --overwrite")
+
+    def __getitems__(self, indices) -> list[bytes]:
+        try:
+            return list(self._source.__getitems__(indices))  # the fast batched read when every record is good
+        except Exception:
+            return [self[i] for i in indices]
+
+    def _shard_of(self, index: int) -> int:
+        return int(np.searchsorted(self._ends, index, side="right"))
+
+    def _skip(self, index: int, error: Exception) -> None:
+        """Reports the first bad record of each shard, then every 10th, 100th, ... skip of this reader."""
+        self.skipped += 1
+        shard = self._shard_of(index)
+        if shard not in self._reported:
+            self._reported.add(shard)
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+            print(f"data: record {index - (self._ends[shard - 1] if shard else 0)} of shard {self._paths[shard]} is "
+                  f"corrupt ({first}), so it is skipped (the next record is read in its place), as are any other "
+                  "corrupt records of the shard; prepare the folder again with --overwrite to repair it",
+                  file=sys.stderr, flush=True)
+        elif self.skipped in (10, 100, 1000, 10000, 100000):
+            print(f"data: {self.skipped} corrupt records skipped so far by this reader", file=sys.stderr, flush=True)

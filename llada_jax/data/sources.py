@@ -185,15 +185,20 @@ def import_modules(names: str) -> None:
             raise ConfigError(f"cannot import module {name!r} ({e}); put it on PYTHONPATH or in the current folder") from None
 
 
-def seqio_documents(name: str, split: str, feature: str, vocab, skipped: Skipped) -> Iterator[list[int]]:
-    """Token lists of `feature` from a registered seqio Task or Mixture, whose vocabulary must be `vocab`'s."""
+def seqio_task(name: str):
+    """The registered seqio Task or Mixture `name`."""
     import seqio  # lazy: imports TensorFlow
 
     try:
-        task = seqio.get_mixture_or_task(name)
+        return seqio.get_mixture_or_task(name)
     except ValueError:
         raise ConfigError(f"no seqio Task or Mixture named {name!r} is registered; register it in a module and pass "
                           "--import-module=MODULE (data.import_module)") from None
+
+
+def seqio_documents(name: str, split: str, feature: str, vocab, skipped: Skipped) -> Iterator[list[int]]:
+    """Token lists of `feature` from a registered seqio Task or Mixture, whose vocabulary must be `vocab`'s."""
+    task = seqio_task(name)
     features = task.output_features
     if feature not in features:
         raise ConfigError(f"seqio task {name!r} has no output feature {feature!r} (it has {sorted(features)}); "
