@@ -42,7 +42,11 @@ def enable() -> str | None:
 
         for name, value in settings.items():
             jax.config.update(name, value)
-    else:
+    else:  # an explicit LLADA_JAX_COMPILATION_CACHE wins over JAX variables inherited from a parent process
+        explicit = ENV_VAR in os.environ
         for name, value in settings.items():
-            os.environ.setdefault(name.upper(), str(value))
+            if explicit:
+                os.environ[name.upper()] = str(value)
+            else:
+                os.environ.setdefault(name.upper(), str(value))
     return path

@@ -1,7 +1,7 @@
 """Every test process sees 8 simulated CPU devices, so sharded code paths run here as on a pod slice.
 
 One persistent compilation cache in a temporary folder serves the whole session: this process and every CLI
-subprocess it starts (through LLADA_JAX_COMPILATION_CACHE), so the many small runs of the same model compile
+subprocess it starts (through LLADA_JAX_COMPILATION_CACHE and JAX's own variables), so the many small runs of the same model compile
 each program once instead of once per test. Nothing is written to ~/.cache; the folder goes at exit.
 """
 import atexit
@@ -17,12 +17,13 @@ if "LLADA_JAX_COMPILATION_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["LLADA_JAX_COMPILATION_CACHE"] = _cache
 
+from llada_jax import compile_cache  # noqa: E402  (before jax: sets JAX's variables, inherited by subprocesses)
+
+compile_cache.enable()
+
 import jax  # noqa: E402
 
-from llada_jax import compile_cache  # noqa: E402
-
 jax.config.update("jax_default_matmul_precision", "highest")
-compile_cache.enable()
 
 import pytest  # noqa: E402
 

@@ -84,9 +84,17 @@ def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=(
     return sorted(results, key=lambda r: r["process"])
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    """The reference: one process with all 8 devices (shared by the tests that compare against it)."""
+    tmp_path = tmp_path_factory.mktemp("single")
     (single,) = launch(tmp_path, tmp_path / "single", 0, n_processes=1, devices_each=8)
+    return tmp_path / "single", single
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_devices(tmp_path, single_process_run):
+    single_dir, single = single_process_run
     assert single["devices"] == 8 and single["processes"] == 1
 
     first = launch(tmp_path, tmp_path / "multi", 2, n_processes=2, devices_each=4)
@@ -103,17 +111,17 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     assert multi[0]["rows"] + multi[1]["rows"] == single["rows"]
     assert not any(row in multi[1]["rows"] for row in multi[0]["rows"])
 
-    a, _ = checkpoint.load_params(tmp_path / "single" / "params")
+    a, _ = checkpoint.load_params(single_dir / "params")
     b, _ = checkpoint.load_params(tmp_path / "multi" / "params")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
-def test_two_processes_as_two_slices_over_dcn(tmp_path):
+def test_two_processes_as_two_slices_over_dcn(tmp_path, single_process_run):
     """mesh.dcn_data=2: the data axis spans the two processes (standing in for slices), fsdp=4 stays inside
     each; the hybrid mesh must train the same model as one process."""
-    (single,) = launch(tmp_path, tmp_path / "single", 0, n_processes=1, devices_each=8)
+    _, single = single_process_run
     multi = launch(tmp_path, tmp_path / "dcn", 0, n_processes=2, devices_each=4,
                    overrides=["config.mesh.dcn_data=2", "config.mesh.fsdp=4"])
     for r in multi:

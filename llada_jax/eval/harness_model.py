@@ -44,10 +44,12 @@ class LladaJaxLM(LM):
         self.vocab = get_vocabulary(self.config)
         self.max_len = self.config.model.max_seq_len
         self.mask_id = self.config.model.mask_token_id
-        self._rank = jax.process_index()  # the harness writes results on rank 0; world_size stays 1
+        # lm-eval's rank stays 0 on every process: with rank r it would drop the first r documents (it shards
+        # documents by rank), while here every process must see every request to feed its share of each pass.
+        self.process_index = jax.process_index()  # only process 0 prints progress and writes results
 
     def _progress(self, label, total, n_requests):
-        return Progress(label, total, n_requests, enabled=self._rank == 0)
+        return Progress(label, total, n_requests, enabled=self.process_index == 0)
 
     # --- loglikelihood ----------------------------------------------------------------------------------------
 

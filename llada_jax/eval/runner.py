@@ -63,7 +63,7 @@ def evaluate(checkpoint: str, tasks: list[str], *, preset: str | None = None, fl
             merged[key].update(out.get(key) or {})
         merged["llada_jax"][task] = {"num_fewshot": fewshot, "seconds": round(time.monotonic() - start, 1),
                                      **dataclasses.asdict(settings)}
-    if model.rank != 0:
+    if model.process_index != 0:
         return None
     if not log_samples:
         merged.pop("samples")
