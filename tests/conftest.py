@@ -1,5 +1,8 @@
 """Every test process sees 8 simulated CPU devices, so sharded code paths run here as on a pod slice.
 
+XLA's CPU backend compiles at optimisation level 0 in tests: the models are tiny, so compiling dominates
+(a sharded train step compiled in 8.7 s instead of 18.5 s, with the same losses).
+
 One persistent compilation cache in a temporary folder serves the whole session: this process and every CLI
 subprocess it starts (through LLADA_JAX_COMPILATION_CACHE and JAX's own variables), so the many small runs of the same model compile
 each program once instead of once per test. Nothing is written to ~/.cache; the folder goes at exit.
@@ -9,7 +12,9 @@ import os
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from helpers import xla_flags  # noqa: E402
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if "LLADA_JAX_COMPILATION_CACHE" not in os.environ:

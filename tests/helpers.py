@@ -38,3 +38,9 @@ def all_avals(jaxpr):
             yield var.aval
         for sub in jax.core.jaxprs_in_params(eqn.params):
             yield from all_avals(sub)
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a test process (or subprocess) with `devices` simulated CPU devices; optimisation level 0
+    because the tests' models are tiny and compiling, not running, is what takes the time."""
+    return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"

@@ -10,11 +10,11 @@ import pytest
 from llada_jax import checkpoint
 from llada_jax.cli import main
 
-from helpers import ROOT, SMALL_MODEL, TINY
+from helpers import ROOT, SMALL_MODEL, TINY, xla_flags
 
 
 def run_cli(*args):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "llada_jax.cli", *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=600)
 

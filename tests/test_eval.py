@@ -16,7 +16,7 @@ from llada_jax.eval import requests as req_lib  # noqa: E402
 from llada_jax.eval.presets import PRESETS  # noqa: E402
 from llada_jax.eval.progress import Progress  # noqa: E402
 
-from helpers import ROOT, params_export  # noqa: E402
+from helpers import ROOT, params_export, xla_flags  # noqa: E402
 
 MC_DOCS = [  # choices of one byte are scored exactly; longer ones by Monte Carlo
     {"question": "Sky:", "choices": ["b", "g", "r"], "label": 0},
@@ -228,7 +228,7 @@ def test_two_processes_on_loopback_equal_the_one_process_run(run, tmp_path):
     driver.write_text(MULTIHOST_DRIVER)
     port, procs = free_port(), []
     for pid in range(2):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+        env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu",
                    PYTHONPATH=ROOT)
         argv = eval_argv(export, tasks, output, "local_mc,local_gen") + [
             f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",

@@ -25,7 +25,7 @@ from llada_jax.data.vocab import ByteVocabulary
 from llada_jax.train import Trainer
 from llada_jax.workdir_lock import LOCK_FILE, WorkdirLock
 
-from helpers import ROOT, SMALL_MODEL, TINY, params_export, small_config
+from helpers import ROOT, SMALL_MODEL, TINY, params_export, small_config, xla_flags
 
 QUIET = ("checkpoint.tensorboard=False", "train.eval_batches=1")
 EVERY_STEP = (*QUIET, "checkpoint.every_steps=1", "checkpoint.keep_last=0")
@@ -283,7 +283,7 @@ def test_sigint_during_the_final_export_finishes_it(tmp_path, monkeypatch, capsy
 
 
 def test_sigterm_right_after_start_up_exits_zero(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
     args = [sys.executable, "-m", "llada_jax.cli", "train", f"--config={TINY}", f"--workdir={tmp_path}",
             *[f"--config.{o}" for o in SMALL_MODEL + list(QUIET)], "--config.train.steps=100000"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)

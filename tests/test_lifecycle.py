@@ -15,7 +15,7 @@ from llada_jax import checkpoint, loop, sharding
 from llada_jax.config import ConfigError
 from llada_jax.train import Trainer
 
-from helpers import ROOT, SMALL_MODEL, TINY, small_config
+from helpers import ROOT, SMALL_MODEL, TINY, small_config, xla_flags
 
 QUIET = ("checkpoint.tensorboard=False", "train.eval_batches=1")
 
@@ -47,7 +47,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_exits_zero(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
     args = [sys.executable, "-m", "llada_jax.cli", "train", f"--config={TINY}", f"--workdir={tmp_path}",
             *[f"--config.{o}" for o in SMALL_MODEL + list(QUIET)], "--config.train.steps=100000",
             "--config.checkpoint.every_steps=0"]
@@ -199,7 +199,7 @@ def test_log_eval_and_checkpoint_cadences_are_independent(tmp_path):
 
 
 def _python(code: str, *args: str) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=ROOT)
 

@@ -14,7 +14,7 @@ import pytest
 
 from llada_jax import checkpoint
 
-from helpers import ROOT, SMALL_MODEL, TINY
+from helpers import ROOT, SMALL_MODEL, TINY, xla_flags
 
 DRIVER = """
 import faulthandler, json, signal, sys
@@ -62,7 +62,7 @@ def launch(tmp_path, workdir, stop_after, n_processes, devices_each, overrides=(
         extra = [] if n_processes == 1 else [
             f"config.distributed.coordinator_address=127.0.0.1:{port}",
             f"config.distributed.num_processes={n_processes}", f"config.distributed.process_id={pid}"]
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}",
+        env = dict(os.environ, XLA_FLAGS=xla_flags(devices_each),
                    JAX_PLATFORMS="cpu")
         procs.append(subprocess.Popen(
             [sys.executable, str(driver), TINY, str(workdir), str(stop_after), *OVERRIDES, *overrides, *extra],
@@ -146,7 +146,7 @@ def test_a_lost_peer_stops_the_others_in_one_line_and_the_same_command_resumes(t
     (no C++ stack trace, no Python traceback), and the same two commands then resume (SIGTERM still stops
     the supervised workers cleanly) and finish the run."""
     workdir, port = tmp_path / "run", free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu")
 
     def start(pid):
         args = [sys.executable, "-m", "llada_jax.cli", "train", f"--config={TINY}", f"--workdir={workdir}",

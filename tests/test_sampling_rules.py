@@ -13,7 +13,7 @@ from llada_jax import compile_cache, sampling, sampling_rules, serving_params
 from llada_jax import model as M
 from llada_jax.config import ConfigError, ModelConfig
 
-from helpers import ROOT, params_export
+from helpers import ROOT, params_export, xla_flags
 
 NEG = -np.inf
 
@@ -106,7 +106,7 @@ def test_sample_cli_fills_the_compilation_cache(tmp_path):
     """A separate process (the cache is process-wide): the CLI writes compiled programs on its first run."""
     export = params_export(tmp_path)
     env = dict(os.environ, LLADA_JAX_COMPILATION_CACHE=str(tmp_path / "cache"), PYTHONPATH=ROOT,
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=xla_flags(1))
     cmd = [sys.executable, "-m", "llada_jax.cli", "sample", f"--checkpoint={export}", "--prompt=ab",
            "--gen-length=8", "--steps=4", "--block-length=4", "--cache=dual", "--param-dtype=bfloat16"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
