@@ -69,14 +69,19 @@ def sample_masks(key, batch: int, total: int, prompt_len, answer_len, estimator:
     return (ranks < counts[:, None]) & in_answer
 
 
-def masked_nll(graphdef, params, tokens, masked, prompt_lens, answer_lens, *, mask_id: int, cfg_scale: float):
-    """Per-row (L / l) * sum of masked CE. tokens, masked [R, T]; each row is prompt, answer, then padding."""
+def model_inputs(tokens, masked, prompt_lens, answer_lens, mask_id: int):
+    """(noisy tokens, positions, segment ids, prompt mask) [R, T] for rows of prompt, answer, then padding
+    (the padding is its own attention segment, so it changes nothing)."""
     rows, total = tokens.shape
     cols = jnp.arange(total)[None, :]
-    noisy = jnp.where(masked, mask_id, tokens)
-    positions = jnp.broadcast_to(cols, (rows, total))
     segment_ids = (cols < (prompt_lens + answer_lens)[:, None]).astype(jnp.int32)
-    prompt_mask = cols < prompt_lens[:, None]
+    return (jnp.where(masked, mask_id, tokens), jnp.broadcast_to(cols, (rows, total)), segment_ids,
+            cols < prompt_lens[:, None])
+
+
+def masked_nll(graphdef, params, tokens, masked, prompt_lens, answer_lens, *, mask_id: int, cfg_scale: float):
+    """Per-row (L / l) * sum of masked CE. tokens, masked [R, T]; each row is prompt, answer, then padding."""
+    noisy, positions, segment_ids, prompt_mask = model_inputs(tokens, masked, prompt_lens, answer_lens, mask_id)
     logits, _ = guided_logits(graphdef, params, noisy, positions, segment_ids, prompt_mask, mask_id, cfg_scale)
     ce = diffusion.cross_entropy(logits, tokens)
     counts = jnp.sum(masked, axis=1)
@@ -249,11 +254,7 @@ def rows_nll(graphdef, params, seqs, masked, prompt_lens, answer_lens, *, window
     from llada_jax.sampling_cache import combine_guidance, with_guidance
 
     rows, total = seqs.shape
-    cols = jnp.arange(total)[None, :]
-    noisy = jnp.where(masked, mask_id, seqs)
-    positions = jnp.broadcast_to(cols, (rows, total))
-    segment_ids = (cols < (prompt_lens + answer_lens)[:, None]).astype(jnp.int32)
-    prompt_mask = cols < prompt_lens[:, None]
+    noisy, positions, segment_ids, prompt_mask = model_inputs(seqs, masked, prompt_lens, answer_lens, mask_id)
     head = model_lib.apply_head(graphdef, params, *with_guidance(noisy, positions, segment_ids, prompt_mask,
                                                                   mask_id, cfg_scale))
     take = jnp.minimum(prompt_lens[:, None] + jnp.arange(window)[None, :], total - 1)  # [R, window]

@@ -164,9 +164,11 @@ def test_rolling_loglikelihood_is_the_elbo_of_the_whole_text(run):
     assert results["llada_jax"]["local_roll"]["mc_num"] == MC_NUM
 
 
-def test_batched_scoring_equals_per_request_scoring_on_the_mesh():
-    """Same keys, same masks: the batched, sharded path reproduces log_likelihood request by request (the
-    official estimator here; the harness run above checks the unbiased one)."""
+@pytest.mark.parametrize("cfg_scale", [0.0, 0.5])
+def test_batched_scoring_equals_per_request_scoring_on_the_mesh(cfg_scale):
+    """Same keys, same masks: the batched, sharded path (distinct maskings once, logits over answer spans only,
+    guidance included) reproduces log_likelihood request by request (the official estimator here; the harness
+    run above checks the unbiased one)."""
     from llada_jax import sharding
     from test_likelihood import GRAPHDEF, MASK, PARAMS
 
@@ -175,9 +177,10 @@ def test_batched_scoring_equals_per_request_scoring_on_the_mesh():
     key_data = np.stack([np.asarray(jax.random.key_data(k)) for k in keys])
     mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
     want = [likelihood.log_likelihood(GRAPHDEF, PARAMS, p, a, k, mask_id=MASK, mc_num=16, batch_size=4,
-                                      estimator="official") for (p, a), k in zip(pairs, keys)]
+                                      estimator="official", cfg_scale=cfg_scale) for (p, a), k in zip(pairs, keys)]
     got = likelihood.batched_log_likelihoods(GRAPHDEF, PARAMS, pairs, key_data, mask_id=MASK, mc_num=16,
-                                             batch_size=4, estimator="official", rows_per_pass=8, mesh=mesh)
+                                             batch_size=4, estimator="official", rows_per_pass=8, mesh=mesh,
+                                             cfg_scale=cfg_scale)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     assert got[1][1] == 0.0  # one answer token: exact, one row
 

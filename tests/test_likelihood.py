@@ -175,3 +175,18 @@ def test_score_cli_missing_files(export, tmp_path, capsys):
     data.write_text('{"prompt": "x", "answer": "y"}\n')
     assert main(["score", f"--checkpoint={tmp_path}", f"--input={data}"]) == 2
     assert "holds no 'params' checkpoint" in capsys.readouterr().err
+
+
+def test_each_distinct_masking_of_a_request_is_scored_once():
+    """128 samples of a 2-token answer hold at most 3 distinct maskings (2^L - 1); a 1-token answer one row.
+    Each sample points at its own masking, so the estimate is unchanged (checked in test_eval)."""
+    requests = [([1, 2], [3, 4]), ([1], [5]), ([7] * 5, [1, 2, 3, 4, 5, 6, 7, 8])]
+    key_data = np.stack([np.asarray(jax.random.key_data(jax.random.key(i))) for i in range(3)])
+    rows, inverses = likelihood._distinct_rows(requests, key_data, minibatches=16, batch=8, bucket=32,
+                                               estimator="official")
+    per_request = [sum(r == n for _, _, r, _ in rows) for n in range(3)]
+    assert per_request[0] == 3 and per_request[1] == 1 and 16 < per_request[2] < 128
+    for n, (first, inverse) in enumerate(inverses):
+        assert inverse.shape == (128,) and set(inverse) == set(range(per_request[n]))
+        assert all(rows[first + i][2] == n for i in range(per_request[n]))
+    assert [rows[first][1] for first, _ in inverses] == [2, 1, 8]  # answer windows: next power of two
