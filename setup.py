@@ -31,7 +31,7 @@ setup(
         "eval": ["lm_eval>=0.4"],  # llada-jax eval: the lm-evaluation-harness model and runner
         # TensorBoard event files (written through its light event-file writer, no TensorFlow) and the viewer
         "tensorboard": ["tensorboard>=2.14"],
-        "dev": ["pytest>=8.0", "matplotlib>=3.7", "tensorboard>=2.14"],
+        "dev": ["pytest>=8.0", "pytest-xdist>=3.5", "matplotlib>=3.7", "tensorboard>=2.14"],
         # Ahead-of-time TPU compiles from any machine (llada-jax preflight --topology=v5p:4x4x4) and TPU runs.
         # The libtpu that jax 0.10.2 pins: 0.0.52 also compiles but crashes jax.profiler on CPU hosts.
         "tpu": ["libtpu==0.0.42.*"],

@@ -41,6 +41,10 @@ def all_avals(jaxpr):
 
 
 def xla_flags(devices: int) -> str:
-    """XLA_FLAGS for a test process (or subprocess) with `devices` simulated CPU devices; optimisation level 0
-    because the tests' models are tiny and compiling, not running, is what takes the time."""
-    return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    """XLA_FLAGS for a test process (or subprocess) with `devices` simulated CPU devices.
+
+    The tests' models are tiny, so compiling, not running, is what takes the time: optimisation level 0, and
+    XLA CPU's older loop emitters instead of the fusion emitters (a sharded train step compiled in about 3.2 s
+    instead of 5.8 s)."""
+    return (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
+            "--xla_cpu_use_fusion_emitters=false")

@@ -58,8 +58,9 @@ def test_parabola_without_interior_minimum_is_rejected():
     assert scaling.fit_parabola(np.array([6.0, 7.0]), np.array([3.0, 2.0])) is None
 
 
+# 2 budgets x 2 depths x 2 objectives: the plumbing end to end (the fit's math has its own tests above).
 MICRO = [
-    "--config.sweep.budgets=(1.5e9, 4e9)", "--config.sweep.depths=(1, 2, 3)", "--config.sweep.aspect=32",
+    "--config.sweep.budgets=(1.5e9, 4e9)", "--config.sweep.depths=(1, 2)", "--config.sweep.aspect=32",
     "--config.sweep.head_dim=16", "--config.sweep.min_steps=10", "--config.train.seq_len=16",
     "--config.model.max_seq_len=16", "--config.train.global_batch_size=8", "--config.train.eval_batches=2",
     "--config.train.eval_draws=2",
