@@ -80,13 +80,26 @@ def generate(graphdef, params, prompt, prompt_valid, key, *, gen_length: int, st
 
     Checks the schedule and options in Python (one-sentence ConfigError), then runs the jitted decoder.
     """
+    decode, _ = decoder(graphdef, gen_length=gen_length, steps=steps, block_length=block_length,
+                        temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
+                        threshold=threshold, factor=factor, cache=cache, eos_id=eos_id)
+    return decode(params, prompt, prompt_valid, key)
+
+
+def decoder(graphdef, *, gen_length: int, steps: int, block_length: int, temperature: float = 0.0,
+            cfg_scale: float = 0.0, remasking: str = "low_confidence", mask_id: int = 126336,
+            threshold: float | None = None, factor: float | None = None, cache: str = "none",
+            eos_id: int | None = None):
+    """(jitted decode(params, prompt, prompt_valid, key), its static options as a dict) after the checks of
+    `generate`: the form `export_cache` stores, so a repeated `llada-jax sample` skips tracing."""
     check_schedule(gen_length, steps, block_length)
     check_options(remasking, temperature, cfg_scale, threshold, factor, cache)
     optional = lambda v, kind: None if v is None else kind(v)  # noqa: E731  (hashable static arguments)
-    return _generate(graphdef, params, prompt, prompt_valid, key, gen_length=gen_length, steps=steps,
-                     block_length=block_length, temperature=float(temperature), cfg_scale=float(cfg_scale),
-                     remasking=remasking, mask_id=int(mask_id), threshold=optional(threshold, float),
-                     factor=optional(factor, float), cache=cache, eos_id=optional(eos_id, int))
+    options = dict(gen_length=int(gen_length), steps=int(steps), block_length=int(block_length),
+                   temperature=float(temperature), cfg_scale=float(cfg_scale), remasking=remasking,
+                   mask_id=int(mask_id), threshold=optional(threshold, float), factor=optional(factor, float),
+                   cache=cache, eos_id=optional(eos_id, int))
+    return functools.partial(_generate, graphdef, **options), options
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "gen_length", "steps", "block_length", "temperature",

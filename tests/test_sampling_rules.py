@@ -102,14 +102,45 @@ def test_compilation_cache_directory_setting(monkeypatch, tmp_path):
     assert compile_cache.cache_dir() == str(tmp_path / "c")
 
 
-def test_sample_cli_fills_the_compilation_cache(tmp_path):
-    """A separate process (the cache is process-wide): the CLI writes compiled programs on its first run."""
+def test_sample_cli_fills_the_compilation_cache_and_reuses_its_traced_decoder(tmp_path):
+    """Separate processes (the cache is process-wide): the first run compiles and stores the traced decoder, the
+    second reads the trace back instead of tracing and prints the same text."""
     export = params_export(tmp_path)
     env = dict(os.environ, LLADA_JAX_COMPILATION_CACHE=str(tmp_path / "cache"), PYTHONPATH=ROOT,
                XLA_FLAGS=xla_flags(1))
     cmd = [sys.executable, "-m", "llada_jax.cli", "sample", f"--checkpoint={export}", "--prompt=ab",
            "--gen-length=8", "--steps=4", "--block-length=4", "--cache=dual", "--param-dtype=bfloat16"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "(4 forward passes for 1 x 8 tokens, " in done.stdout
-    assert len(os.listdir(tmp_path / "cache")) > 0
+    runs = [subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    for done in runs:
+        assert done.returncode == 0, done.stderr
+        assert "(4 forward passes for 1 x 8 tokens, " in done.stdout
+    assert "(compiling the decoder first)" in runs[0].stderr
+    assert "(the traced decoder came from the cache)" in runs[1].stderr
+    assert runs[0].stdout.split("(4 forward")[0] == runs[1].stdout.split("(4 forward")[0]
+    assert len(os.listdir(tmp_path / "cache")) > 1
+    assert len([f for f in os.listdir(tmp_path / "cache" / "exports") if f.endswith(".jaxexport")]) == 1
+
+
+def test_a_stored_trace_is_found_only_for_the_same_options_shapes_and_source(tmp_path, monkeypatch):
+    import functools
+
+    import jax.numpy as jnp
+
+    from llada_jax import export_cache
+
+    monkeypatch.setattr(export_cache, "export_dir", lambda: str(tmp_path))
+    scale = functools.partial(lambda x, k: x * k, k=3.0)
+    x = jnp.arange(4.0)
+    program, cached = export_cache.load_or_export("t", scale, (x,), {"k": 3.0})
+    assert not cached and program.call(x).tolist() == [0.0, 3.0, 6.0, 9.0]
+    assert export_cache.load_or_export("t", scale, (x,), {"k": 3.0})[1]  # the same: read back
+    assert not export_cache.load_or_export("t", scale, (x,), {"k": 4.0})[1]  # another option
+    assert not export_cache.load_or_export("t", scale, (jnp.arange(5.0),), {"k": 3.0})[1]  # another shape
+    monkeypatch.setattr(export_cache, "source_digest", lambda: "edited")
+    assert not export_cache.load_or_export("t", scale, (x,), {"k": 3.0})[1]  # llada_jax's code changed
+    # a damaged entry is traced again and replaced
+    path = tmp_path / (export_cache.key("t", {"k": 3.0}, (x,)) + export_cache.SUFFIX)
+    path.write_bytes(b"not an export")
+    program, cached = export_cache.load_or_export("t", scale, (x,), {"k": 3.0})
+    assert not cached and program.call(x).tolist() == [0.0, 3.0, 6.0, 9.0]
+    assert export_cache.load_or_export("t", scale, (x,), {"k": 3.0})[1]

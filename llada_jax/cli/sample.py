@@ -99,7 +99,7 @@ def inference_mesh(directory, overrides):
 def run(args, overrides) -> int:
     import jax
 
-    from llada_jax import checkpoint, sampling, serving_params
+    from llada_jax import checkpoint, export_cache, sampling, serving_params
     from llada_jax.data.vocab import get_vocabulary
     from llada_jax.progress import stderr
 
@@ -117,15 +117,19 @@ def run(args, overrides) -> int:
     graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
     params = serving_params.cast_params(params, dtype)
     ids, valid = sampling.left_pad(encoded, vocab.pad_id)
-    stderr(f"sample: decoding {len(prompts)} x {args.gen_length} tokens in up to {args.steps} forward passes "
-           "(compiling the decoder first) ...")
+    decode, options = sampling.decoder(
+        graphdef, gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
+        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
+        mask_id=config.model.mask_token_id, threshold=args.threshold, factor=args.factor, cache=args.cache,
+        eos_id=None if args.no_early_stop else vocab.eos_id)
     began = time.perf_counter()
     with jax.set_mesh(mesh):
-        out, trace, passes = sampling.generate(
-            graphdef, params, ids, valid, jax.random.key(args.seed), gen_length=args.gen_length, steps=args.steps,
-            block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
-            remasking=args.remasking, mask_id=config.model.mask_token_id, threshold=args.threshold,
-            factor=args.factor, cache=args.cache, eos_id=None if args.no_early_stop else vocab.eos_id)
+        inputs = (params, ids, valid, jax.random.key(args.seed))
+        program, cached = export_cache.load_or_export("sample", decode, inputs,
+                                                      dict(options, model=config.model.to_dict()))
+        stderr(f"sample: decoding {len(prompts)} x {args.gen_length} tokens in up to {args.steps} forward passes "
+               + ("(the traced decoder came from the cache) ..." if cached else "(compiling the decoder first) ..."))
+        out, trace, passes = program.call(*inputs)
     for prompt, row in zip(prompts, jax.device_get(out)):
         text = vocab.decode(sampling.crop_at_eos(row[ids.shape[1]:], vocab.eos_id))
         print(f"=== {prompt}\n{text}")
