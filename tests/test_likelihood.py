@@ -14,7 +14,7 @@ from llada_jax import model as M
 from llada_jax.cli import main
 from llada_jax.config import ConfigError, ModelConfig
 
-from helpers import params_export
+from helpers import TINY, params_export
 
 CFG = ModelConfig(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, mlp_hidden=48,
                   dtype="float32", init_std=0.3)
@@ -190,3 +190,21 @@ def test_each_distinct_masking_of_a_request_is_scored_once():
         assert inverse.shape == (128,) and set(inverse) == set(range(per_request[n]))
         assert all(rows[first + i][2] == n for i in range(per_request[n]))
     assert [rows[first][1] for first, _ in inverses] == [2, 1, 8]  # answer windows: next power of two
+
+
+def test_rows_per_pass_defaults_to_the_backend_and_rounds_to_the_mesh(monkeypatch):
+    """None means the backend's default (32 on CPU, where bigger passes only add padding; 256 on accelerators);
+    any value is rounded up to what the mesh's batch shards divide."""
+    from llada_jax import sharding
+    from llada_jax.config import load_config
+    from llada_jax.eval.settings import EvalSettings
+
+    assert likelihood._rows_per_pass(None, None) == 32
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert likelihood._rows_per_pass(None, None) == likelihood.ACCELERATOR_ROWS_PER_PASS == 256
+    monkeypatch.undo()
+    mesh = sharding.make_mesh(load_config(TINY, ["mesh.fsdp=-1"]).mesh)  # 8 batch shards
+    assert likelihood._rows_per_pass(None, mesh) == 32 and likelihood._rows_per_pass(12, mesh) == 16
+    assert EvalSettings().check().rows_per_pass is None
+    with pytest.raises(ConfigError, match="rows_per_pass=0 must be positive"):
+        EvalSettings(rows_per_pass=0).check()

@@ -20,7 +20,7 @@ HELP = {
     "mc_batch_size": "samples per stratified mini-batch, the official --batch_size (default 16)",
     "estimator": "official: half-to-even rounding as get_log_likelihood.py (default in presets); "
                  "unbiased: this project's (default otherwise)",
-    "rows_per_pass": "Monte Carlo rows of any requests per forward pass (default 256)",
+    "rows_per_pass": "Monte Carlo rows of any requests per forward pass (default: 32 on CPU, 256 on GPU/TPU)",
     "gen_batch_size": "prompts decoded together by generate_until (default 16)",
     "threshold": "generate_until: reveal every token above this confidence (fast sampler mode)",
     "factor": "generate_until: Fast-dLLM's factor rule for parallel decoding (fast sampler mode)",

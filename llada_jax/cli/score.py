@@ -22,8 +22,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
     parser.add_argument("--estimator", choices=["unbiased", "official"], default="unbiased",
                         help="stratified rounding: unbiased, or half-to-even as the official get_log_likelihood.py")
-    parser.add_argument("--rows-per-pass", type=int, default=64,
-                        help="Monte Carlo rows of several items scored in one forward pass")
+    parser.add_argument("--rows-per-pass", type=int, default=None,
+                        help="Monte Carlo rows of several items scored in one forward pass "
+                             "(default: 32 on CPU, 256 on GPU/TPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="cast params once at load (auto: bfloat16 on GPU/TPU, as stored on CPU)")
@@ -81,7 +82,7 @@ def run(args, overrides) -> int:
     from llada_jax.cli.sample import inference_mesh
     from llada_jax.progress import Progress, fmt_time, stderr
 
-    if args.mc_num <= 0 or args.batch_size <= 0 or args.rows_per_pass <= 0 or args.cfg_scale < 0:
+    if args.mc_num <= 0 or args.batch_size <= 0 or (args.rows_per_pass is not None and args.rows_per_pass <= 0) or args.cfg_scale < 0:
         raise ConfigError("--mc-num, --batch-size and --rows-per-pass must be positive and --cfg-scale >= 0")
     items = read_items(args.input)
     mesh = inference_mesh(args.checkpoint, overrides)

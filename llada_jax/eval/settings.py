@@ -14,7 +14,7 @@ class EvalSettings:
     cfg_scale: float = 0.0
     estimator: str = "unbiased"   # or "official" (half-to-even rounding of the stratified shift)
     check_greedy: bool = False    # also report whether greedy decoding reproduces the answer
-    rows_per_pass: int = 256      # Monte Carlo rows (of any requests) per forward pass
+    rows_per_pass: int | None = None  # Monte Carlo rows (of any requests) per forward pass; None: 32 on CPU, 256 else
     gen_length: int = 256
     steps: int = 256
     block_length: int = 256
@@ -32,7 +32,7 @@ class EvalSettings:
         from llada_jax.sampling import check_options, check_schedule
 
         for name in ("mc_num", "mc_batch_size", "rows_per_pass", "gen_batch_size"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"estimator={self.estimator!r} is unknown; use one of {', '.join(ESTIMATORS)}")
