@@ -63,28 +63,41 @@ def key(name: str, static: dict, args) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:32]
 
 
+class JittedProgram:
+    """Stands in for an export that JAX refuses (a custom call without serialization guarantees, such as cuDNN
+    attention on GPU): `.call` is the plain jitted function, traced in every run as before."""
+
+    def __init__(self, fn):
+        self.call = jax.jit(fn)
+
+
 def load_or_export(name: str, fn, args, static: dict):
-    """(exported program, True when it came from the cache); call it with `.call(*args)`.
+    """(program, True when its trace came from the cache); run it with `program.call(*args)`.
 
     `fn` is a function of `args` alone (static options bound, e.g. a functools.partial of a jitted function),
-    and `static` must name every option bound into it. Unreadable entries are traced again and rewritten; writes are atomic (temp file + rename).
+    and `static` must name every option bound into it. Unreadable entries are traced again and rewritten;
+    writes are atomic (temp file + rename).
     """
     directory = export_dir()
-    path = None if directory is None else os.path.join(directory, key(name, static, args) + SUFFIX)
-    if path is not None and os.path.exists(path):
+    if directory is None:  # caches turned off
+        return JittedProgram(fn), False
+    path = os.path.join(directory, key(name, static, args) + SUFFIX)
+    if os.path.exists(path):
         try:
             with open(path, "rb") as f:
                 return jax.export.deserialize(bytearray(f.read())), True
         except Exception:  # noqa: BLE001 - a truncated or foreign file: trace again and replace it
             pass
-    exported = jax.export.export(jax.jit(fn))(*args)
-    if path is not None:
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(exported.serialize())
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only or full cache directory only loses the speed-up
+    try:
+        exported = jax.export.export(jax.jit(fn))(*args)
+    except Exception:  # noqa: BLE001 - not exportable here: run it jitted (a real error surfaces from that call)
+        return JittedProgram(fn), False
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(exported.serialize())
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only or full cache directory only loses the speed-up
     return exported, False

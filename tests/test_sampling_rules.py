@@ -124,6 +124,7 @@ def test_sample_cli_fills_the_compilation_cache_and_reuses_its_traced_decoder(tm
 def test_a_stored_trace_is_found_only_for_the_same_options_shapes_and_source(tmp_path, monkeypatch):
     import functools
 
+    import jax
     import jax.numpy as jnp
 
     from llada_jax import export_cache
@@ -144,3 +145,15 @@ def test_a_stored_trace_is_found_only_for_the_same_options_shapes_and_source(tmp
     program, cached = export_cache.load_or_export("t", scale, (x,), {"k": 3.0})
     assert not cached and program.call(x).tolist() == [0.0, 3.0, 6.0, 9.0]
     assert export_cache.load_or_export("t", scale, (x,), {"k": 3.0})[1]
+    # what JAX will not export (a custom call without serialization guarantees) runs jitted, nothing stored
+    def refuse(fn):
+        raise ValueError("Cannot serialize code with custom calls whose targets have no compatibility guarantees")
+
+    monkeypatch.setattr(jax.export, "export", refuse)
+    before = sorted(os.listdir(tmp_path))
+    program, cached = export_cache.load_or_export("t", scale, (x,), {"k": 5.0})
+    assert not cached and program.call(x).tolist() == [0.0, 3.0, 6.0, 9.0]
+    assert sorted(os.listdir(tmp_path)) == before
+    # caches turned off: no stored trace either
+    monkeypatch.setattr(export_cache, "export_dir", lambda: None)
+    assert isinstance(export_cache.load_or_export("t", scale, (x,), {"k": 3.0})[0], export_cache.JittedProgram)
