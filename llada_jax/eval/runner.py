@@ -9,6 +9,7 @@ import dataclasses
 import time
 
 from llada_jax.eval.presets import preset_for
+from llada_jax.likelihood import default_rows_per_pass
 from llada_jax.eval.settings import EvalSettings
 
 
@@ -61,8 +62,10 @@ def evaluate(checkpoint: str, tasks: list[str], *, preset: str | None = None, fl
             continue
         for key in ("results", "versions", "n-shot", "higher_is_better", "samples", "configs"):
             merged[key].update(out.get(key) or {})
-        merged["llada_jax"][task] = {"num_fewshot": fewshot, "seconds": round(time.monotonic() - start, 1),
-                                     **dataclasses.asdict(settings)}
+        used = dataclasses.asdict(settings)
+        if used["rows_per_pass"] is None:  # the backend's default, recorded as the number it was
+            used["rows_per_pass"] = default_rows_per_pass()
+        merged["llada_jax"][task] = {"num_fewshot": fewshot, "seconds": round(time.monotonic() - start, 1), **used}
     if model.process_index != 0:
         return None
     if not log_samples:
