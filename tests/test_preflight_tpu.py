@@ -1,5 +1,6 @@
-"""Ahead-of-time compiles for a TPU topology from this CPU machine (libtpu): the train step with the splash
-kernel compiles for v5p chips, and `llada-jax preflight --topology` reports per-chip memory against the chip's HBM."""
+"""Ahead-of-time compiles for a TPU topology from this CPU machine (libtpu): the train step, the sampler and the
+scorer compile for v5p chips with the splash kernel (the sampler and scorer holding no length-by-length scores),
+and `llada-jax preflight --topology` reports per-chip memory against the chip's HBM."""
 import json
 import os
 
@@ -61,3 +62,73 @@ def test_compile_time_out_of_memory_is_one_clear_line():
 
     with pytest.raises(RuntimeError, match="other compiler failure"):  # not disguised as a memory problem
         preflight.compile_or_explain(Broken())
+
+
+LENGTH_BY_LENGTH = r"(?:f32|bf16)\[[0-9,]*256,256\]"  # [.., L, L] scores for L = 256
+
+
+def compiled_for_tpu(tpu_devices, attention, program):
+    """HLO text of `program(graphdef, mask_id, replicated sharding)` -> (jitted fn, abstract args), compiled for
+    the v5p slice with a 256-position model and the given attention."""
+    import jax
+
+    from helpers import small_config
+    from llada_jax import checkpoint
+    from llada_jax import model as model_lib
+    from llada_jax.config import ModelConfig
+
+    config = small_config(*[o for o in OVERRIDES if not o.startswith(("train.seq_len", "model.max_seq_len",
+                                                                          "model.attention"))],
+                          "train.seq_len=256", "model.max_seq_len=256", f"model.attention={attention}")
+    mesh = sharding.make_mesh(config.mesh, tpu_devices)
+    graphdef = model_lib.split_model(model_lib.abstract_model(ModelConfig.from_config(config.model)))[0]
+    params = checkpoint.abstract_params(config.model, mesh)  # outside the mesh context (logical names)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    fn, args = program(graphdef, config.model.mask_token_id, replicated)
+    with jax.set_mesh(mesh):
+        return jax.jit(fn).lower(params, *args).compile().as_text()
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_sampler_with_splash_compiles_for_tpu_without_length_by_length_scores(tpu_devices, cache):
+    """The reverse process on TPU uses the train step's splash kernel and holds no [.., L, L] scores (prompt 128
+    + answer 128); the same decoder with dense XLA attention does hold them, so the check can fail."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    from llada_jax import sampling
+
+    def decoder(graphdef, mask_id, replicated):
+        decode, _ = sampling.decoder(graphdef, gen_length=128, steps=128, block_length=32, cache=cache,
+                                     mask_id=mask_id)
+        rows = lambda dtype: jax.ShapeDtypeStruct((4, 128), dtype, sharding=replicated)  # noqa: E731
+        return decode, (rows(jnp.int32), rows(jnp.bool_), jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
+                                                                               sharding=replicated))
+
+    splash = compiled_for_tpu(tpu_devices, "splash", decoder)
+    assert "tpu_custom_call" in splash and "splash" in splash
+    assert not re.search(LENGTH_BY_LENGTH, splash)
+    assert re.search(LENGTH_BY_LENGTH, compiled_for_tpu(tpu_devices, "xla", decoder))
+
+
+def test_scorer_with_splash_compiles_for_tpu_without_length_by_length_scores(tpu_devices):
+    """The Monte Carlo scorer's forward pass (answer-window head, guidance) likewise runs on the splash kernel."""
+    import functools
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    from llada_jax import likelihood
+
+    def scorer(graphdef, mask_id, replicated):
+        fn = functools.partial(likelihood.rows_nll, graphdef, window=32, mask_id=mask_id, cfg_scale=0.5)
+        rows = lambda dtype, shape=(8, 256): jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)  # noqa: E731
+        return fn, (rows(jnp.int32), rows(jnp.bool_), rows(jnp.int32, (8,)), rows(jnp.int32, (8,)))
+
+    splash = compiled_for_tpu(tpu_devices, "splash", scorer)
+    assert "tpu_custom_call" in splash and "splash" in splash
+    assert not re.search(LENGTH_BY_LENGTH, splash)
+    assert re.search(LENGTH_BY_LENGTH, compiled_for_tpu(tpu_devices, "xla", scorer))
