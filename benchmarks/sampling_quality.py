@@ -9,7 +9,8 @@ decodes a held-out test set with each sampler mode and prints: exact-match accur
 answer (from the reveal trace: each pass of parallel decoding reveals at least one token of every unfinished
 row), forward passes per decoding batch (a batch runs until its slowest row is done; --decode-batch rows at a
 time, default the whole test set at once), the cut in forward passes against one token per step, generated
-tokens/s (steady state, best of --repeats) and the speed-up over one token per step. The defaults finish in a few minutes on a 2-core CPU.
+tokens/s (steady state, best of --repeats) and the speed-up over one token per step. The defaults finish in a
+few minutes on a 2-core CPU.
 """
 import argparse
 import os

@@ -161,8 +161,8 @@ def batched_log_likelihoods(graphdef, params, requests, key_data, *, mask_id: in
     exactly the masks `log_likelihood` would draw, and the same estimate. Work saved without changing it:
     - a masking drawn twice for one request is scored once (a short answer has few distinct maskings: an answer
       of L tokens has at most 2^L - 1, so mc_num=128 samples of a 4-token answer are about 15 forward rows);
-    - rows of all requests share forward passes of about `rows_per_pass` rows (default: DEFAULT_ROWS_PER_PASS
-      for the backend), sorted by padded width;
+    - rows of all requests share forward passes of about `rows_per_pass` rows (default: 32 on CPU, 256 on
+      accelerators), sorted by padded width;
     - the output head runs only over each row's answer window, not the prompt.
     With a mesh, every pass is split over its batch axes; on several hosts each process feeds its share of
     the rows and all processes receive every value. `progress(done, total)` counts rows scored.
@@ -290,12 +290,12 @@ def _pass_rows(rows: int, per_pass: int, mesh) -> int:
 # Rows per forward pass when none is given. A CPU is compute-bound already at a few rows, and bigger passes only
 # add padding (eval_throughput.py, small model: 13.3x the one-request loop at 32 rows, 12.4x at 64); an
 # accelerator needs many rows to be busy.
-DEFAULT_ROWS_PER_PASS = {"cpu": 32}
+CPU_ROWS_PER_PASS = 32
 ACCELERATOR_ROWS_PER_PASS = 256
 
 
 def default_rows_per_pass() -> int:
-    return DEFAULT_ROWS_PER_PASS.get(jax.default_backend(), ACCELERATOR_ROWS_PER_PASS)
+    return CPU_ROWS_PER_PASS if jax.default_backend() == "cpu" else ACCELERATOR_ROWS_PER_PASS
 
 
 def _rows_per_pass(rows_per_pass: int | None, mesh) -> int:

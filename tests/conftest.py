@@ -5,8 +5,9 @@ models are tiny, so compiling dominates (level 0 took a sharded train step's com
 to 8.7 s; the loop emitters then took its compile from about 5.8 s to 3.2 s, with the same losses).
 
 One persistent compilation cache in a temporary folder serves the whole session: this process and every CLI
-subprocess it starts (through LLADA_JAX_COMPILATION_CACHE and JAX's own variables), so the many small runs of the same model compile
-each program once instead of once per test. Nothing is written to ~/.cache; the folder goes at exit.
+subprocess it starts (through LLADA_JAX_COMPILATION_CACHE and JAX's own variables), so the many small runs of
+the same model compile each program once instead of once per test. Nothing is written to ~/.cache; the folder
+goes at exit.
 """
 import atexit
 import os

@@ -161,7 +161,8 @@ def test_rolling_loglikelihood_is_the_elbo_of_the_whole_text(run):
     words = len(ROLL_TEXT.split())
     assert results["results"]["local_roll"]["word_perplexity,none"] == pytest.approx(np.exp(-want / words),
                                                                                      rel=1e-4)
-    assert results["llada_jax"]["local_roll"]["mc_num"] == MC_NUM and results["llada_jax"]["local_roll"]["rows_per_pass"] == 16
+    used = results["llada_jax"]["local_roll"]
+    assert used["mc_num"] == MC_NUM and used["rows_per_pass"] == 16
 
 
 @pytest.mark.parametrize("cfg_scale", [0.0, 0.5])

@@ -82,7 +82,8 @@ def run(args, overrides) -> int:
     from llada_jax.cli.sample import inference_mesh
     from llada_jax.progress import Progress, fmt_time, stderr
 
-    if args.mc_num <= 0 or args.batch_size <= 0 or (args.rows_per_pass is not None and args.rows_per_pass <= 0) or args.cfg_scale < 0:
+    bad_rows = args.rows_per_pass is not None and args.rows_per_pass <= 0
+    if args.mc_num <= 0 or args.batch_size <= 0 or bad_rows or args.cfg_scale < 0:
         raise ConfigError("--mc-num, --batch-size and --rows-per-pass must be positive and --cfg-scale >= 0")
     items = read_items(args.input)
     mesh = inference_mesh(args.checkpoint, overrides)
