@@ -198,79 +198,93 @@ def _eval_rows(source, kind: str, n: int, seq_len: int, eos_id: int, overlong: s
     return [out[k % len(out)] for k in range(n)]
 
 
-def build(config, process_index: int | None = None, process_count: int | None = None, *, log=_log):
-    """(train batch iterator with get_state/set_state, this process's fixed eval batches, info dict).
-
-    info: train/eval documents and tokens, unigram_entropy (nats/token) of the training mix, skipped input
-    counts, SFT truncated/dropped counts, and the prepared folders used.
-    """
+def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """The caller's (process_index, process_count), or JAX's when either is left out."""
     if process_index is None or process_count is None:
         import jax
 
         process_index, process_count = jax.process_index(), jax.process_count()
-    t, d = config.train, config.data
-    vocab = get_vocabulary(config)
-    if t.global_batch_size % process_count:
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} does not split over {process_count} "
+    return process_index, process_count
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ConfigError(f"train.global_batch_size={global_batch_size} does not split over {process_count} "
                           "processes; make it a multiple of the process count")
-    local_batch = t.global_batch_size // process_count
+    return global_batch_size // process_count
+
+
+def _dataset_parts(config, vocab, log) -> list[tuple[str, float]]:
+    """(prepared folder, mixture weight) of every dataset trained on; preparing config.data first if needed."""
+    d = config.data
     if d.get("mixture", ""):
-        parts = [(os.path.expanduser(p), w) for p, w in mixture.parse(d.mixture)]
-    else:
-        parts = [(ensure_prepared(config, vocab, log), 1.0)]
-    shard_by = d.get("shard_by", "batch")
-    if shard_by not in SHARD_BY:
-        raise ConfigError(f"data.shard_by={shard_by!r} is unknown; use one of {SHARD_BY}")
-    by_batch = shard_by == "batch"
-    packing_mode, overlong = d.get("packing", "concat"), d.get("sft_overlong", "truncate")
-    if packing_mode not in packing.PACKINGS:
-        raise ConfigError(f"data.packing={packing_mode!r} is unknown; use one of {packing.PACKINGS}")
-    if overlong not in sft.OVERLONG:
-        raise ConfigError(f"data.sft_overlong={overlong!r} is unknown; use one of {sft.OVERLONG}")
+        return [(os.path.expanduser(p), w) for p, w in mixture.parse(d.mixture)]
+    return [(ensure_prepared(config, vocab, log), 1.0)]
 
-    train_sets, eval_parts, manifests = [], [], []
-    info: dict[str, Any] = {"train_documents": 0, "eval_documents": 0, "train_tokens": 0, "eval_tokens": 0,
-                            "skipped": {}, "datasets": [p for p, _ in parts]}
-    kinds = set()
-    for i, (folder, _) in enumerate(parts):
-        manifest, train_src, train_info = records.open_split(folder, "train", vocab)
-        _, eval_src, eval_info = records.open_split(folder, "eval", vocab)
-        kind = manifest["kind"]
-        kinds.add(kind)
-        if kind == "sft" and t.objective != "sft":
-            raise ConfigError(f"{folder} holds SFT conversations but train.objective={t.objective!r}; "
-                              "set --config.train.objective=sft")
-        if kind != "sft" and t.objective == "sft":
-            raise ConfigError(f"train.objective='sft' needs conversations but {folder} holds plain documents; "
-                              "prepare an SFT JSONL (data.source='sft_jsonl')")
-        if train_src is None:
-            raise ConfigError(f"{folder} has no training documents; prepare it from non-empty input")
-        manifests.append(manifest)
-        for split, src_info in (("train", train_info), ("eval", eval_info)):
-            info[f"{split}_documents"] += src_info["documents"]
-            info[f"{split}_tokens"] += src_info["tokens"]
-        for k, v in manifest.get("skipped", {}).items():
-            info["skipped"][k] = info["skipped"].get(k, 0) + v
-        if kind == "sft":
-            for split, name in (("train", "sft"), ("eval", "sft_eval")):
-                counts = sft.overlong_counts(prepare.read_sft_lengths(folder, manifest, split), t.seq_len, overlong)
-                for k, v in counts.items():
-                    info[f"{name}_{k}"] = info.get(f"{name}_{k}", 0) + v
-            if info["sft_dropped"] >= train_info["documents"]:
-                raise ConfigError(f"every SFT example in {folder} is longer than train.seq_len={t.seq_len} and was "
-                                  "dropped; raise train.seq_len or set data.sft_overlong='truncate'")
-        train_sets.append(rows(
-            train_src, kind, seq_len=t.seq_len, eos_id=vocab.eos_id, pad_id=vocab.pad_id, seed=t.seed + 7919 * i,
-            packing_mode=packing_mode, shuffle=d.get("shuffle", True), overlong=overlong,
-            process_index=0 if by_batch else process_index, process_count=1 if by_batch else process_count,
-            read_threads=d.get("read_threads", 4)))
-        eval_parts.append((eval_src, kind))
-    if len(kinds) > 1:
-        raise ConfigError("data.mixture mixes SFT and pretraining datasets; mix only one kind")
 
-    weights = [w for _, w in parts]
+def _choice(d, key: str, default: str, choices: tuple) -> str:
+    """data.<key> (default when unset), refused unless it is one of choices."""
+    value = d.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"data.{key}={value!r} is unknown; use one of {choices}")
+    return value
+
+
+def _check_kind(folder: str, kind: str, objective: str) -> None:
+    """SFT conversations train only with the SFT objective, and the SFT objective only on conversations."""
+    if kind == "sft" and objective != "sft":
+        raise ConfigError(f"{folder} holds SFT conversations but train.objective={objective!r}; "
+                          "set --config.train.objective=sft")
+    if kind != "sft" and objective == "sft":
+        raise ConfigError(f"train.objective='sft' needs conversations but {folder} holds plain documents; "
+                          "prepare an SFT JSONL (data.source='sft_jsonl')")
+
+
+def _add_totals(info: dict, manifest: dict, train_info: dict, eval_info: dict) -> None:
+    """Adds one dataset's document, token and skipped-input counts to the running totals in info."""
+    for split, src_info in (("train", train_info), ("eval", eval_info)):
+        info[f"{split}_documents"] += src_info["documents"]
+        info[f"{split}_tokens"] += src_info["tokens"]
+    for k, v in manifest.get("skipped", {}).items():
+        info["skipped"][k] = info["skipped"].get(k, 0) + v
+
+
+def _add_sft_overlong(info: dict, folder: str, manifest: dict, train_documents: int, seq_len: int,
+                      overlong: str) -> None:
+    """Adds one SFT dataset's truncated/dropped counts (sft_* for train, sft_eval_* for eval) to info; refuses a
+    dataset whose every training example would be dropped, as training could then never start."""
+    for split, name in (("train", "sft"), ("eval", "sft_eval")):
+        counts = sft.overlong_counts(prepare.read_sft_lengths(folder, manifest, split), seq_len, overlong)
+        for k, v in counts.items():
+            info[f"{name}_{k}"] = info.get(f"{name}_{k}", 0) + v
+    if info["sft_dropped"] >= train_documents:
+        raise ConfigError(f"every SFT example in {folder} is longer than train.seq_len={seq_len} and was "
+                          "dropped; raise train.seq_len or set data.sft_overlong='truncate'")
+
+
+def _open_dataset(folder: str, vocab, t, overlong: str, info: dict):
+    """(manifest, kind, train source, eval source) of one prepared folder, checked against the config; adds its
+    counts to info."""
+    manifest, train_src, train_info = records.open_split(folder, "train", vocab)
+    _, eval_src, eval_info = records.open_split(folder, "eval", vocab)
+    kind = manifest["kind"]
+    _check_kind(folder, kind, t.objective)
+    if train_src is None:
+        raise ConfigError(f"{folder} has no training documents; prepare it from non-empty input")
+    _add_totals(info, manifest, train_info, eval_info)
+    if kind == "sft":
+        _add_sft_overlong(info, folder, manifest, train_info["documents"], t.seq_len, overlong)
+    return manifest, kind, train_src, eval_src
+
+
+def _batched(train_sets: list, weights: list, config, by_batch: bool, process_index: int,
+             local_batch: int) -> grain.IterDataset:
+    """This process's train batches: the datasets' rows mixed by weight, batched, optionally in worker processes.
+
+    With shard_by="batch" every process forms the same global batch and keeps its own rows of it."""
+    t, d = config.train, config.data
     ds = train_sets[0] if len(train_sets) == 1 else grain.IterDataset.mix(train_sets, mixture.normalized(weights))
-    if by_batch:  # every process forms the same global batch and keeps its own rows
+    if by_batch:
         ds = ds.batch(t.global_batch_size, drop_remainder=True)
         ds = ds.map(functools.partial(_rows_of, lo=process_index * local_batch, hi=(process_index + 1) * local_batch))
     else:
@@ -278,16 +292,25 @@ def build(config, process_index: int | None = None, process_count: int | None = 
     if d.get("worker_count", 0) > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_count,
                                                          per_worker_buffer_size=d.get("worker_buffer_size", 2)))
-    batches = Batches(ds, process_index, process_count, shared_state=by_batch)
+    return ds
 
-    # Eval: the same rows on every run, split into micro-batches, this process's slice of each.
-    micro = t.global_batch_size // t.grad_accum_steps
-    n_rows = micro * t.eval_batches
+
+def _eval_shares(weights: list, n_rows: int) -> np.ndarray:
+    """Eval rows per dataset in proportion to the mixture weights, rounding leftovers onto the first."""
     shares = np.floor(np.asarray(mixture.normalized(weights)) * n_rows).astype(int)
     shares[0] += n_rows - shares.sum()
+    return shares
+
+
+def _eval_batches(eval_parts: list, weights: list, t, eos_id: int, overlong: str, process_index: int,
+                  process_count: int, log) -> list[dict]:
+    """The same eval rows on every run, split into micro-batches, this process's slice of each ([] when the eval
+    split is empty, which is logged unless no eval batches were asked for)."""
+    micro = t.global_batch_size // t.grad_accum_steps
+    n_rows = micro * t.eval_batches
     eval_rows: list[dict] = []
-    for (src, kind), n in zip(eval_parts, shares):
-        eval_rows.extend(_eval_rows(src, kind, int(n), t.seq_len, vocab.eos_id, overlong))
+    for (src, kind), n in zip(eval_parts, _eval_shares(weights, n_rows)):
+        eval_rows.extend(_eval_rows(src, kind, int(n), t.seq_len, eos_id, overlong))
     eval_sets = []
     if len(eval_rows) == n_rows and n_rows:
         lo, hi = process_index * micro // process_count, (process_index + 1) * micro // process_count
@@ -297,11 +320,52 @@ def build(config, process_index: int | None = None, process_count: int | None = 
     elif n_rows:
         log("data: the eval split is empty (raise data.eval_fraction or prepare with --eval-fraction); "
             "eval loss is skipped")
+    return eval_sets
 
-    info["unigram_entropy"] = mixture.mixed_entropy([m["splits"]["train"]["unigram_counts"] for m in manifests], weights)
+
+def _report(info: dict, seq_len: int, overlong: str, log) -> None:
+    """Logs what preparing and SFT length limits left out, so a silently shrunken dataset is visible."""
     if info.get("sft_truncated") or info.get("sft_dropped"):
-        log(f"data: SFT examples longer than train.seq_len={t.seq_len}: {info['sft_truncated']} truncated, "
+        log(f"data: SFT examples longer than train.seq_len={seq_len}: {info['sft_truncated']} truncated, "
             f"{info['sft_dropped']} dropped (data.sft_overlong={overlong!r})")
     if info["skipped"]:
         log("data: input skipped while preparing: " + ", ".join(f"{v} {k}" for k, v in sorted(info["skipped"].items())))
+
+
+def build(config, process_index: int | None = None, process_count: int | None = None, *, log=_log):
+    """(train batch iterator with get_state/set_state, this process's fixed eval batches, info dict).
+
+    info: train/eval documents and tokens, unigram_entropy (nats/token) of the training mix, skipped input
+    counts, SFT truncated/dropped counts, and the prepared folders used.
+    """
+    process_index, process_count = _process_layout(process_index, process_count)
+    t, d = config.train, config.data
+    vocab = get_vocabulary(config)
+    local_batch = _local_batch_size(t.global_batch_size, process_count)
+    parts = _dataset_parts(config, vocab, log)
+    by_batch = _choice(d, "shard_by", "batch", SHARD_BY) == "batch"
+    packing_mode = _choice(d, "packing", "concat", packing.PACKINGS)
+    overlong = _choice(d, "sft_overlong", "truncate", sft.OVERLONG)
+
+    train_sets, eval_parts, manifests = [], [], []
+    info: dict[str, Any] = {"train_documents": 0, "eval_documents": 0, "train_tokens": 0, "eval_tokens": 0,
+                            "skipped": {}, "datasets": [p for p, _ in parts]}
+    for i, (folder, _) in enumerate(parts):
+        manifest, kind, train_src, eval_src = _open_dataset(folder, vocab, t, overlong, info)
+        manifests.append(manifest)
+        train_sets.append(rows(
+            train_src, kind, seq_len=t.seq_len, eos_id=vocab.eos_id, pad_id=vocab.pad_id, seed=t.seed + 7919 * i,
+            packing_mode=packing_mode, shuffle=d.get("shuffle", True), overlong=overlong,
+            process_index=0 if by_batch else process_index, process_count=1 if by_batch else process_count,
+            read_threads=d.get("read_threads", 4)))
+        eval_parts.append((eval_src, kind))
+    if len({kind for _, kind in eval_parts}) > 1:
+        raise ConfigError("data.mixture mixes SFT and pretraining datasets; mix only one kind")
+
+    weights = [w for _, w in parts]
+    ds = _batched(train_sets, weights, config, by_batch, process_index, local_batch)
+    batches = Batches(ds, process_index, process_count, shared_state=by_batch)
+    eval_sets = _eval_batches(eval_parts, weights, t, vocab.eos_id, overlong, process_index, process_count, log)
+    info["unigram_entropy"] = mixture.mixed_entropy([m["splits"]["train"]["unigram_counts"] for m in manifests], weights)
+    _report(info, t.seq_len, overlong, log)
     return batches, eval_sets, info

@@ -8,6 +8,7 @@ the source again but only tokenizes shards whose stats file is missing.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -105,35 +106,32 @@ class _Progress:
         return f"prepare: {self.docs:,} documents, {self.tokens:,} tokens tokenized, {rate:,.0f} tokens/s"
 
 
-def prepare(output: str, *, source: str, vocab, source_kw: dict, docs_per_shard: int = 10000,
-            eval_fraction: float = 0.0, chat_template: str = "auto", strict: bool = False, overwrite: bool = False,
-            log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
-    """Writes (or finishes) the prepared folder `output`; returns its manifest.
-
-    The manifest records each input file's size and SHA-256: input changed since (or during) an earlier
-    prepare is refused unless `overwrite`, which removes only the files a prepare writes and starts again.
-    """
+def _check_shard_settings(docs_per_shard: int, eval_fraction: float) -> None:
     if docs_per_shard <= 0:
         raise ConfigError(f"docs_per_shard={docs_per_shard} must be positive")
     if not 0.0 <= eval_fraction < 1.0:
         raise ConfigError(f"eval_fraction={eval_fraction} must be in [0, 1)")
-    if source == "seqio":
-        sources.import_modules(source_kw.get("import_module", ""))
-    ident = identity_for(source, vocab, source_kw, docs_per_shard, eval_fraction, chat_template)
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise ConfigError(f"--output={output} is a file, not a folder; name a new or empty folder")
-    inputs = input_fingerprint(source, source_kw)
+
+
+def _refuse_mismatch(output: str, existing: dict, ident: dict, inputs: list[dict]) -> None:
+    """An earlier prepare of another dataset or of other input must not be finished with this one's shards."""
+    if existing["identity"] != ident:
+        diff = sorted(k for k in set(ident) | set(existing["identity"]) if ident.get(k) != existing["identity"].get(k))
+        raise ConfigError(f"{output} already holds a different dataset (its manifest differs in {', '.join(diff)}); "
+                          "choose another output folder or pass --overwrite to prepare it again")
+    if existing.get("inputs", inputs) != inputs:
+        raise ConfigError(f"the input {_changed(existing['inputs'], inputs)} changed since {output} was prepared "
+                          "from it; pass --overwrite to prepare it again, or choose another output folder")
+
+
+def _resume_or_reset(output: str, ident: dict, inputs: list[dict], overwrite: bool, log) -> dict | None:
+    """What an earlier prepare left in `output`: its manifest when it is complete and verified (nothing to do),
+    else None, after --overwrite removed its files or after checking that it is the same dataset to finish."""
     existing = records.read_manifest(output) if os.path.isdir(output) else None
     if existing is not None and overwrite:
         _remove_own_files(output)
     elif existing is not None:
-        if existing["identity"] != ident:
-            diff = sorted(k for k in set(ident) | set(existing["identity"]) if ident.get(k) != existing["identity"].get(k))
-            raise ConfigError(f"{output} already holds a different dataset (its manifest differs in {', '.join(diff)}); "
-                              "choose another output folder or pass --overwrite to prepare it again")
-        if existing.get("inputs", inputs) != inputs:
-            raise ConfigError(f"the input {_changed(existing['inputs'], inputs)} changed since {output} was prepared "
-                              "from it; pass --overwrite to prepare it again, or choose another output folder")
+        _refuse_mismatch(output, existing, ident, inputs)
         if existing.get("complete"):
             records.verify_shards(output, existing)
             log(f"prepare: {output} is already complete and verified "
@@ -142,74 +140,111 @@ def prepare(output: str, *, source: str, vocab, source_kw: dict, docs_per_shard:
     elif os.path.isdir(output) and os.listdir(output) and not overwrite:
         raise ConfigError(f"{output} is not empty and has no {records.MANIFEST}; choose an empty or new output folder, "
                           "or pass --overwrite to write beside the files it holds")
+    return None
+
+
+def _start_manifest(output: str, ident: dict, inputs: list[dict]) -> dict:
+    """An incomplete manifest written first, so a re-run knows which dataset the shards beside it belong to."""
     os.makedirs(output, exist_ok=True)
     manifest = {"format": records.FORMAT, "identity": ident, "inputs": inputs, "complete": False, "kind": ident["kind"]}
     records.write_json_atomic(os.path.join(output, records.MANIFEST), manifest)
+    return manifest
 
-    template = ident.get("chat_template")
-    skipped = sources.Skipped(strict=strict)
-    docs = sources.documents(source, skipped, vocab=vocab, **source_kw)
-    progress = _Progress(log)
-    shards = {s: [] for s in records.SPLITS}
-    pending = {s: [] for s in records.SPLITS}
 
-    def encode(doc) -> tuple[bytes, int, dict, tuple | None]:
-        if ident["kind"] == "sft":
-            prompt, response = chat.encode_example(doc, vocab, template)
-            ids = prompt + response
-            return records.encode_record(ids, len(prompt)), len(ids), ids, (len(prompt), len(ids))
-        ids = vocab.encode(doc) if isinstance(doc, str) else list(doc)
-        return records.encode_record(ids), len(ids), ids + [vocab.eos_id], None
+def _encode(doc, kind: str, vocab, template: str | None) -> tuple[bytes, int, list[int], tuple | None]:
+    """(record, token count, ids counted in the unigram stats, (prompt length, total length) for SFT else None).
 
-    def flush(split: str) -> None:
-        index = len(shards[split])
-        done = records.finished_shard(output, split, index)
-        if done is None:
-            recs, counts, lengths, n_tokens = [], np.zeros(0, np.int64), [], 0
-            for doc in pending[split]:
-                rec, n, counted, length = encode(doc)
-                recs.append(rec)
-                n_tokens += n
-                c = np.bincount(np.asarray(counted, np.int64)) if counted else np.zeros(0, np.int64)
-                counts = np.pad(counts, (0, max(0, len(c) - len(counts))))
-                counts[: len(c)] += c
-                if length is not None:
-                    lengths.append(length)
-            stats = {"tokens": n_tokens, "counts": {str(i): int(v) for i, v in enumerate(counts) if v}}
-            if ident["kind"] == "sft":
-                stats["lengths"] = lengths
-            done = records.write_shard(output, split, index, recs, stats)
-            progress.add(len(recs), n_tokens)
-        shards[split].append(done)
-        pending[split] = []
+    A pretraining document's counted ids include the EOS the pipeline appends after it; its record does not."""
+    if kind == "sft":
+        prompt, response = chat.encode_example(doc, vocab, template)
+        ids = prompt + response
+        return records.encode_record(ids, len(prompt)), len(ids), ids, (len(prompt), len(ids))
+    ids = vocab.encode(doc) if isinstance(doc, str) else list(doc)
+    return records.encode_record(ids), len(ids), ids + [vocab.eos_id], None
 
+
+def _add_counts(counts: np.ndarray, ids: list[int]) -> np.ndarray:
+    """counts (indexed by token id) plus the occurrences in ids, grown to the largest id seen."""
+    c = np.bincount(np.asarray(ids, np.int64)) if ids else np.zeros(0, np.int64)
+    counts = np.pad(counts, (0, max(0, len(c) - len(counts))))
+    counts[: len(c)] += c
+    return counts
+
+
+def _tokenize_shard(docs: list, kind: str, vocab, template: str | None) -> tuple[list[bytes], dict]:
+    """(records, stats) of one shard's documents: token total, unigram counts and, for SFT, the lengths."""
+    recs, counts, lengths, n_tokens = [], np.zeros(0, np.int64), [], 0
+    for doc in docs:
+        rec, n, counted, length = _encode(doc, kind, vocab, template)
+        recs.append(rec)
+        n_tokens += n
+        counts = _add_counts(counts, counted)
+        if length is not None:
+            lengths.append(length)
+    stats = {"tokens": n_tokens, "counts": {str(i): int(v) for i, v in enumerate(counts) if v}}
+    if kind == "sft":
+        stats["lengths"] = lengths
+    return recs, stats
+
+
+def _finish_shard(output: str, split: str, index: int, docs: list, *, kind: str, vocab, template: str | None,
+                  progress: _Progress) -> dict:
+    """The stats of shard `index`: read back when an earlier run finished it, else tokenized and written now."""
+    done = records.finished_shard(output, split, index)
+    if done is None:
+        recs, stats = _tokenize_shard(docs, kind, vocab, template)
+        done = records.write_shard(output, split, index, recs, stats)
+        progress.add(len(recs), stats["tokens"])
+    return done
+
+
+def _routed(docs, eval_fraction: float):
+    """(split, document) in source order: a document goes to eval while eval holds less than eval_fraction of the
+    characters seen before it, so the held-out share is spread evenly and the routing is the same every run."""
     seen_size = eval_size = 0
     for doc in docs:
         size = _size(doc)
         split = "eval" if eval_size < eval_fraction * seen_size else "train"
         seen_size += size
         eval_size += size if split == "eval" else 0
+        yield split, doc
+
+
+def _write_shards(docs, eval_fraction: float, docs_per_shard: int, finish_shard) -> dict[str, list[dict]]:
+    """Split -> stats of its shards, each `docs_per_shard` routed documents (the last may hold fewer).
+
+    finish_shard(split, index, documents) returns one shard's stats."""
+    shards = {s: [] for s in records.SPLITS}
+    pending = {s: [] for s in records.SPLITS}
+    for split, doc in _routed(docs, eval_fraction):
         pending[split].append(doc)
         if len(pending[split]) == docs_per_shard:
-            flush(split)
+            shards[split].append(finish_shard(split, len(shards[split]), pending[split]))
+            pending[split] = []
     for split in records.SPLITS:
         if pending[split]:
-            flush(split)
+            shards[split].append(finish_shard(split, len(shards[split]), pending[split]))
+    return shards
 
-    splits = {}
-    for split in records.SPLITS:
-        counts: dict[str, int] = {}
-        for s in shards[split]:
-            for k, v in s["counts"].items():
-                counts[k] = counts.get(k, 0) + v
-        splits[split] = {
-            "documents": sum(s["documents"] for s in shards[split]),
-            "tokens": sum(s["tokens"] for s in shards[split]),
-            "unigram_entropy": _entropy(counts),
-            "unigram_counts": counts,
-            "shards": [{k: s[k] for k in ("file", "bytes", "documents", "tokens", "sha256", "mtime_ns") if k in s}
-                       for s in shards[split]],
-        }
+
+def _split_summary(shards: list[dict]) -> dict:
+    """A split's manifest entry: totals and unigram statistics over its shards, and each shard's file facts."""
+    counts: dict[str, int] = {}
+    for s in shards:
+        for k, v in s["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    return {
+        "documents": sum(s["documents"] for s in shards),
+        "tokens": sum(s["tokens"] for s in shards),
+        "unigram_entropy": _entropy(counts),
+        "unigram_counts": counts,
+        "shards": [{k: s[k] for k in ("file", "bytes", "documents", "tokens", "sha256", "mtime_ns") if k in s}
+                   for s in shards],
+    }
+
+
+def _check_result(output: str, source: str, source_kw: dict, inputs: list[dict], splits: dict, skipped) -> None:
+    """Refuses to mark complete a dataset with no training documents or one whose input changed meanwhile."""
     if not splits["train"]["documents"]:
         raise ConfigError(f"the {source} source gave no usable training documents (skipped: {skipped.summary()}); "
                           "check the input path, field name and encoding")
@@ -217,11 +252,45 @@ def prepare(output: str, *, source: str, vocab, source_kw: dict, docs_per_shard:
         raise ConfigError(f"the input {_changed(inputs, input_fingerprint(source, source_kw))} changed while {output} "
                           "was being prepared, so its shards may mix old and new text; run the command again with "
                           "--overwrite once the input is final")
+
+
+def _complete_manifest(output: str, manifest: dict, splits: dict, skipped, progress: _Progress, log) -> dict:
     manifest.update(complete=True, splits=splits, skipped=dict(skipped))
     records.write_json_atomic(os.path.join(output, records.MANIFEST), manifest)
     log(progress.line() + f" | done: {splits['train']['documents']:,} train / {splits['eval']['documents']:,} eval "
         f"documents, {splits['train']['tokens']:,} / {splits['eval']['tokens']:,} tokens; skipped: {skipped.summary()}")
     return manifest
+
+
+def prepare(output: str, *, source: str, vocab, source_kw: dict, docs_per_shard: int = 10000,
+            eval_fraction: float = 0.0, chat_template: str = "auto", strict: bool = False, overwrite: bool = False,
+            log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """Writes (or finishes) the prepared folder `output`; returns its manifest.
+
+    The manifest records each input file's size and SHA-256: input changed since (or during) an earlier
+    prepare is refused unless `overwrite`, which removes only the files a prepare writes and starts again.
+    """
+    _check_shard_settings(docs_per_shard, eval_fraction)
+    if source == "seqio":
+        sources.import_modules(source_kw.get("import_module", ""))
+    ident = identity_for(source, vocab, source_kw, docs_per_shard, eval_fraction, chat_template)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output={output} is a file, not a folder; name a new or empty folder")
+    inputs = input_fingerprint(source, source_kw)
+    finished = _resume_or_reset(output, ident, inputs, overwrite, log)
+    if finished is not None:
+        return finished
+    manifest = _start_manifest(output, ident, inputs)
+
+    skipped = sources.Skipped(strict=strict)
+    docs = sources.documents(source, skipped, vocab=vocab, **source_kw)
+    progress = _Progress(log)
+    finish_shard = functools.partial(_finish_shard, output, kind=ident["kind"], vocab=vocab,
+                                     template=ident.get("chat_template"), progress=progress)
+    shards = _write_shards(docs, eval_fraction, docs_per_shard, finish_shard)
+    splits = {split: _split_summary(shards[split]) for split in records.SPLITS}
+    _check_result(output, source, source_kw, inputs, splits, skipped)
+    return _complete_manifest(output, manifest, splits, skipped, progress, log)
 
 
 def read_sft_lengths(folder: str, manifest: dict, split: str) -> np.ndarray:
