@@ -11,9 +11,12 @@ import tempfile
 import time
 
 import jax
-from llada_jax import checkpoint, scaling, sharding
+from llada_jax import sharding
+from llada_jax.checkpoints import run_checkpointer
+from llada_jax.models import flops
+from llada_jax.utils import chips
 from llada_jax.config import ModelConfig, load_config
-from llada_jax.train import Trainer
+from llada_jax.training.trainer import Trainer
 
 
 def folder_bytes(path) -> int:
@@ -24,7 +27,7 @@ def measure(config, mesh, state, async_save: bool, saves: int) -> tuple[float, f
     config = config.copy_and_resolve_references()
     config.checkpoint.async_save = async_save
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = checkpoint.RunCheckpointer(tmp, config, mesh=mesh)
+        ckpt = run_checkpointer.RunCheckpointer(tmp, config, mesh=mesh)
         blocked, total = [], []
         for i in range(1, saves + 1):
             start = time.perf_counter()
@@ -44,7 +47,7 @@ def main():
     config = load_config(args.config, rest)
     mesh = sharding.make_mesh(config.mesh)
     state = Trainer(config, mesh).init_state()
-    n = scaling.param_counts(ModelConfig.from_config(config.model))["total"]
+    n = flops.param_counts(ModelConfig.from_config(config.model))["total"]
     print(f"params {n / 1e6:,.1f}M on {jax.device_count()} x {jax.devices()[0].device_kind}")
     print(f"{'mode':<6} {'blocks loop (s)':>16} {'until written (s)':>18} {'size (MB)':>10}")
     for mode in (True, False):

@@ -6,7 +6,7 @@
 Prepares the CPython docs + standard-library source (byte vocabulary, no download) into a temporary folder,
 then times `llada_jax.data.pipeline.build(...)`'s iterator. Consumption: a v5p chip at MFU m trains
 m * 459e12 / flops_per_token(1B, seq) tokens/s (flops_per_token = 6N + 12 * layers * seq * d_attn, see
-llada_jax/scaling.py); a v5p host drives 4 chips. The pipeline keeps up if its tokens/s per host exceeds that.
+llada_jax/models/flops.py); a v5p host drives 4 chips. The pipeline keeps up if its tokens/s per host exceeds that.
 """
 import argparse
 import os
@@ -16,7 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llada_jax import scaling  # noqa: E402
+from llada_jax.models import flops  # noqa: E402
+from llada_jax.utils import chips  # noqa: E402
 from llada_jax.config import ModelConfig, load_config  # noqa: E402
 from llada_jax.data import pipeline  # noqa: E402
 
@@ -53,8 +54,8 @@ def main():
     delivered = n / elapsed
 
     one_b = ModelConfig.from_config(load_config(os.path.join(ROOT, "configs", "llada_1b.py")).model)
-    fpt = scaling.flops_per_token(one_b, args.seq_len)
-    per_chip = args.mfu * scaling.PEAK_TFLOPS["tpu v5p"] * 1e12 / fpt
+    fpt = flops.flops_per_token(one_b, args.seq_len)
+    per_chip = args.mfu * chips.PEAK_TFLOPS["tpu v5p"] * 1e12 / fpt
     per_host = CHIPS_PER_V5P_HOST * per_chip
 
     print(f"corpus: {info['train_tokens']:,} train tokens (prepared + opened in {setup:.1f}s)")
@@ -65,7 +66,7 @@ def main():
     print(f"{'1B on one v5p chip @ ' + format(args.mfu, '.0%') + ' MFU':50s}{per_chip:>14,.0f}")
     print(f"{'1B on one v5p host (4 chips)':50s}{per_host:>14,.0f}")
     print(f"(1B FLOPs/token at seq {args.seq_len}: {fpt:.3e} = 6N + 12*L*seq*d_attn; v5p peak "
-          f"{scaling.PEAK_TFLOPS['tpu v5p']:.0f} TFLOP/s bf16) -> headroom x{delivered / per_host:,.1f}")
+          f"{chips.PEAK_TFLOPS['tpu v5p']:.0f} TFLOP/s bf16) -> headroom x{delivered / per_host:,.1f}")
 
 
 if __name__ == "__main__":

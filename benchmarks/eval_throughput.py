@@ -24,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llada_jax import likelihood, sampling  # noqa: E402
-from llada_jax import model as model_lib  # noqa: E402
+from llada_jax.inference import likelihood  # noqa: E402
+from llada_jax.inference import sampling
+from llada_jax.models import registry as model_lib  # noqa: E402
 from llada_jax.config import ModelConfig  # noqa: E402
 from llada_jax.eval.progress import Progress  # noqa: E402
 

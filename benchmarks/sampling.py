@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import checkpoint, sampling, serving_params
-from llada_jax import model as model_lib
+from llada_jax.checkpoints import params_export
+from llada_jax.inference import sampling
+from llada_jax.inference import serving_params
+from llada_jax.models import registry as model_lib
 from llada_jax.config import ModelConfig, load_config
 
 
@@ -41,7 +43,7 @@ def parse_args():
 
 def load(args, overrides):
     if args.checkpoint:
-        return checkpoint.load_model(args.checkpoint)
+        return params_export.load_model(args.checkpoint)
     config = load_config(args.config, overrides)
     cfg = ModelConfig.from_config(config.model)
     return model_lib.split_model(model_lib.abstract_model(cfg))[0], model_lib.init_params(cfg, 0), config

@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llada_jax import checkpoint, diffusion, sampling
-from llada_jax import model as model_lib
+from llada_jax.checkpoints import params_export
+from llada_jax.objectives import losses, masking
+from llada_jax.inference import sampling
+from llada_jax.models import registry as model_lib
 from llada_jax.config import ModelConfig, load_config
 from llada_jax.data import synthetic_tasks
 from llada_jax.data.vocab import ByteVocabulary
@@ -55,9 +57,9 @@ def sft_step(graphdef, tx, mask_id: int, prompt_width: int):
     """One jitted SFT step: mask answer tokens at a random rate t, CE on them weighted 1 / t."""
     def loss_fn(params, tokens, key):
         answer = jnp.arange(tokens.shape[1])[None, :] >= prompt_width
-        noisy, masked, p = diffusion.forward_process(key, tokens, mask_id, 1e-3, maskable=answer)
+        noisy, masked, p = masking.forward_process(key, tokens, mask_id, 1e-3, maskable=answer)
         logits = model_lib.apply(graphdef, params, noisy)
-        return diffusion.mean_loss(*diffusion.sft_loss(logits, tokens, masked, p, jnp.broadcast_to(answer, tokens.shape))[:2])
+        return losses.mean_loss(*losses.sft_loss(logits, tokens, masked, p, jnp.broadcast_to(answer, tokens.shape))[:2])
 
     @jax.jit
     def step(params, opt_state, tokens, key):
@@ -92,12 +94,12 @@ def load_or_train(args, overrides, train_set, prompt_width):
     config = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"), MODEL + overrides)
     saved = args.workdir and os.path.exists(os.path.join(args.workdir, "model", "params"))
     if saved:
-        graphdef, params, config = checkpoint.load_model(os.path.join(args.workdir, "model"))
+        graphdef, params, config = params_export.load_model(os.path.join(args.workdir, "model"))
         print(f"loaded the model from {args.workdir}/model")
         return graphdef, params, config
     graphdef, params = train(args, config, train_set, prompt_width)
     if args.workdir:
-        checkpoint.save_params(os.path.join(args.workdir, "model"), params, config)
+        params_export.save_params(os.path.join(args.workdir, "model"), params, config)
     return graphdef, params, config
 
 

@@ -21,11 +21,11 @@ import time
 def child(argv):
     """One process: time the phases of a sample command (the CLI module, then the decode twice)."""
     start = time.perf_counter()
-    from llada_jax import compile_cache  # noqa: F401  (imports jax)
+    from llada_jax.utils import compile_cache  # noqa: F401  (imports jax)
     from llada_jax.cli import main
     import llada_jax.cli.sample as sample_cli  # noqa: F401
-    import llada_jax.checkpoint  # noqa: F401
-    import llada_jax.export_cache as export_cache
+    import llada_jax.inference.loader  # noqa: F401
+    import llada_jax.inference.export_cache as export_cache
 
     imported = time.perf_counter()
     calls = []

@@ -3,7 +3,7 @@
     python benchmarks/train_step.py --config=configs/tiny.py [--steps=10] [--peak-tflops=989] [--profile=DIR]
         [--config.X=Y ...]
 
-Prints params, FLOPs/token (6N + 12 * layers * seq * d_attn, see llada_jax/scaling.py), compile time, mean
+Prints params, FLOPs/token (6N + 12 * layers * seq * d_attn, see llada_jax/models/flops.py), compile time, mean
 step time, tokens/s and MFU against the peak bf16 TFLOP/s of the device (known for TPU v4/v5e/v5p/v6e, H100,
 H200; give --peak-tflops elsewhere, e.g. for a CPU), then peak device memory and bytes per token: the
 runtime's peak where the device reports one (GPU, TPU), else XLA's compiled estimate (CPU). `--profile=DIR`
@@ -15,9 +15,11 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import scaling, sharding
+from llada_jax import sharding
+from llada_jax.models import flops
+from llada_jax.utils import chips
 from llada_jax.config import ModelConfig, load_config, validate
-from llada_jax.train import Trainer
+from llada_jax.training.trainer import Trainer
 
 
 def main():
@@ -58,12 +60,12 @@ def main():
     peak_bytes, peak_source = peak_memory(trainer)
     tokens_per_device = t.global_batch_size * t.seq_len / jax.device_count()
 
-    counts = scaling.param_counts(mcfg)
-    fpt = scaling.flops_per_token(mcfg, t.seq_len)
+    counts = flops.param_counts(mcfg)
+    fpt = flops.flops_per_token(mcfg, t.seq_len)
     tokens = t.global_batch_size * t.seq_len
     achieved = fpt * tokens / step_s
     kind = jax.devices()[0].device_kind
-    peak = args.peak_tflops or scaling.peak_tflops(kind)
+    peak = args.peak_tflops or chips.peak_tflops(kind)
     mfu = f"{100 * achieved / (peak * 1e12 * jax.device_count()):.1f}%" if peak else "n/a (pass --peak-tflops)"
     rows = [
         ("device", f"{jax.device_count()} x {kind}"),

@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The mask predictor: a LLaMA-style Transformer, bidirectional unless causal=True (AR baseline).
     c.model = ml_collections.ConfigDict()
+    c.model.family = "llada"  # the architecture (llada_jax/models/registry.py): llada (the dense mask predictor)
     c.model.vocab_size = 126464  # rows of the embedding / columns of the output head
     c.model.d_model = 512
     c.model.n_layers = 8

@@ -44,6 +44,6 @@ def get_config():
 
     c.data.tokenizer = "byte"
     c.data.source = "sft_jsonl"  # data.path is set by `llada-jax demo` to the file it generates
-    c.data.chat_template = "task"  # the bare prompt, registered by llada_jax/demo.py
+    c.data.chat_template = "task"  # the bare prompt (llada_jax/data/chat.py)
     c.data.eval_fraction = 0.02
     return c

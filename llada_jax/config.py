@@ -12,13 +12,16 @@ import importlib.util
 import json
 import math
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import ml_collections
 
 REMAT_POLICIES = ("none", "full", "save_dots", "save_proj", "offload_proj")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
 DTYPES = ("float32", "bfloat16", "float16")
+# Names the registries answer to (llada_jax/models/registry.py, llada_jax/objectives/registry.py); listed here
+# so a typo is caught before JAX loads. A test keeps them equal to the registries' keys.
+MODEL_FAMILIES = ("llada",)
 OBJECTIVES = ("mdm", "sft", "ar")
 SCHEDULES = ("wsd", "cosine", "constant")
 
@@ -38,6 +41,7 @@ class ModelConfig:
     n_kv_heads: int
     head_dim: int
     mlp_hidden: int
+    family: str = "llada"
     max_seq_len: int = 4096
     rope_theta: float = 500000.0
     rms_norm_eps: float = 1e-5
@@ -172,14 +176,26 @@ def check_finite_and_counts(config: ml_collections.ConfigDict) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
-    """Raises ConfigError with one sentence for the first invalid value found.
+    """Raises ConfigError with one sentence for the first invalid value found, section by section.
 
     Without `device_count` only the fields are checked, not the mesh: that needs no JAX, so the CLI reports a
     bad value before the heavy imports (in well under a second).
     """
     check_finite_and_counts(config)
-    m = config.model
+    model = validate_model(config.model)
+    validate_train(config.train, model)
+    validate_checkpoint(config.checkpoint)
+    validate_distributed(config.get("distributed"))
+    validate_optimizer(config.optimizer)
+    if device_count is not None:
+        validate_mesh(config, device_count)
+
+
+def validate_model(m) -> ModelConfig:
+    """The model section, resolved: shapes positive and consistent, known kernels, dtypes and families."""
     mc = ModelConfig.from_config(m)
+    if mc.family not in MODEL_FAMILIES:
+        raise ConfigError(f"model.family={mc.family!r} is unknown; use one of {MODEL_FAMILIES}")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
         if getattr(mc, name) <= 0:
             raise ConfigError(f"model.{name}={getattr(mc, name)} must be positive")
@@ -206,8 +222,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
                 f"model.{name}={getattr(mc, name)} is outside the vocabulary [0, {mc.vocab_size}); "
                 "set it to an id of your tokenizer or grow model.vocab_size"
             )
+    return mc
 
-    t = config.train
+
+def validate_train(t, mc: ModelConfig) -> None:
+    """The train section: a known objective that suits the model, positive counts, a batch that splits."""
     if t.objective not in OBJECTIVES:
         raise ConfigError(f"train.objective={t.objective!r} is unknown; use one of {OBJECTIVES}")
     if t.objective == "ar" and not mc.causal:
@@ -229,15 +248,20 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     if not 0.0 <= t.random_length_fraction <= 1.0:
         raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
 
-    if config.checkpoint.get("timeout_s", 1.0) <= 0:
-        raise ConfigError(f"checkpoint.timeout_s={config.checkpoint.timeout_s} must be positive (seconds a save may "
+
+def validate_checkpoint(c) -> None:
+    if c.get("timeout_s", 1.0) <= 0:
+        raise ConfigError(f"checkpoint.timeout_s={c.timeout_s} must be positive (seconds a save may "
                           "take before the run gives up)")
 
-    if "distributed" in config and config.distributed.get("heartbeat_timeout_s", 60) < 1:
-        raise ConfigError(f"distributed.heartbeat_timeout_s={config.distributed.heartbeat_timeout_s} must be >= 1 "
+
+def validate_distributed(d) -> None:
+    if d is not None and d.get("heartbeat_timeout_s", 60) < 1:
+        raise ConfigError(f"distributed.heartbeat_timeout_s={d.heartbeat_timeout_s} must be >= 1 "
                           "(seconds a silent process is given before the job counts it as lost)")
 
-    o = config.optimizer
+
+def validate_optimizer(o) -> None:
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"optimizer.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}")
     if o.lr <= 0:
@@ -255,15 +279,60 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise ConfigError("optimizer.grad_clip and optimizer.weight_decay must be >= 0")
 
-    if device_count is None:
-        return
-    from llada_jax import sharding  # local import: sharding imports jax, config must stay light
 
-    shape = sharding.mesh_shape(config.mesh, device_count)
+def validate_mesh(config, device_count: int) -> None:
+    """The mesh fits the devices and the micro-batch splits over its batch axes."""
+    shape = mesh_shape(config.mesh, device_count)
     batch_shards = shape["data"] * shape["fsdp"]
+    t = config.train
     micro = t.global_batch_size // t.grad_accum_steps
     if micro % batch_shards:
         raise ConfigError(
             f"the micro-batch of {micro} sequences (train.global_batch_size / train.grad_accum_steps) does not "
             f"split over mesh data*fsdp={batch_shards} devices; make it a multiple of {batch_shards}"
         )
+
+
+# ---------------------------------------------------------------- the mesh section's arithmetic (no JAX needed)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shapes(mesh_cfg: Mapping[str, int], device_count: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(within-slice ICI sizes, across-slice DCN factors) for the config's mesh, checked against the devices."""
+    dcn = {axis: int(mesh_cfg.get(f"dcn_{axis}", 1)) for axis in MESH_AXES}
+    if any(v < 1 for v in dcn.values()):
+        raise ConfigError(f"mesh dcn factors {dcn} must all be >= 1")
+    slices = math.prod(dcn.values())
+    if device_count % slices:
+        raise ConfigError(
+            f"mesh dcn factors {dcn} ask for {slices} slices but {device_count} devices do not split into {slices} equal slices"
+        )
+    per_slice = device_count // slices
+    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
+    fills = [axis for axis, size in sizes.items() if size == -1]
+    bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
+    if bad or len(fills) > 1:
+        raise ConfigError(
+            f"mesh {sizes} is invalid; give each of {MESH_AXES} a positive size, with at most one -1 to fill the rest"
+        )
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if fills:
+        if per_slice % fixed:
+            raise ConfigError(
+                f"mesh {sizes} cannot fill {per_slice} devices: {per_slice} is not divisible by {fixed}"
+            )
+        sizes[fills[0]] = per_slice // fixed
+    if math.prod(sizes.values()) != per_slice:
+        raise ConfigError(
+            f"mesh {sizes} multiplies to {math.prod(sizes.values())} but there are {per_slice} devices"
+            + (f" per slice ({device_count} in {slices} slices)" if slices > 1 else "")
+            + "; make data*fsdp*tensor equal the device count (or set one axis to -1)"
+        )
+    return sizes, dcn
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
+    """Total size of each mesh axis (ICI size times DCN factor)."""
+    ici, dcn = mesh_shapes(mesh_cfg, device_count)
+    return {axis: ici[axis] * dcn[axis] for axis in MESH_AXES}

@@ -1,8 +1,8 @@
 """The device mesh and the one table that maps logical axis names to mesh axes.
 
 Model code names array dimensions logically ("embed", "mlp", "heads", "vocab", "batch"); this file alone
-knows the mesh axes (data, fsdp, tensor). The same code runs on 1 CPU device and on a pod slice: only the
-mesh shape changes.
+maps them to the mesh axes (data, fsdp, tensor), whose sizes config.py's mesh section works out. The same
+code runs on 1 CPU device and on a pod slice: only the mesh shape changes.
 """
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from llada_jax.config import ConfigError
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from llada_jax.config import MESH_AXES, ConfigError, mesh_shapes
 
 # logical name -> mesh axis (or tuple of axes, or None for replicated).
 LOGICAL_AXIS_RULES: dict[str, Any] = {
@@ -31,46 +29,6 @@ LOGICAL_AXIS_RULES: dict[str, Any] = {
     "norm": None,
     "layers": None,
 }
-
-
-def mesh_shapes(mesh_cfg: Mapping[str, int], device_count: int) -> tuple[dict[str, int], dict[str, int]]:
-    """(within-slice ICI sizes, across-slice DCN factors) for the config's mesh, checked against the devices."""
-    dcn = {axis: int(mesh_cfg.get(f"dcn_{axis}", 1)) for axis in MESH_AXES}
-    if any(v < 1 for v in dcn.values()):
-        raise ConfigError(f"mesh dcn factors {dcn} must all be >= 1")
-    slices = math.prod(dcn.values())
-    if device_count % slices:
-        raise ConfigError(
-            f"mesh dcn factors {dcn} ask for {slices} slices but {device_count} devices do not split into {slices} equal slices"
-        )
-    per_slice = device_count // slices
-    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
-    fills = [axis for axis, size in sizes.items() if size == -1]
-    bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
-    if bad or len(fills) > 1:
-        raise ConfigError(
-            f"mesh {sizes} is invalid; give each of {MESH_AXES} a positive size, with at most one -1 to fill the rest"
-        )
-    fixed = math.prod(size for size in sizes.values() if size != -1)
-    if fills:
-        if per_slice % fixed:
-            raise ConfigError(
-                f"mesh {sizes} cannot fill {per_slice} devices: {per_slice} is not divisible by {fixed}"
-            )
-        sizes[fills[0]] = per_slice // fixed
-    if math.prod(sizes.values()) != per_slice:
-        raise ConfigError(
-            f"mesh {sizes} multiplies to {math.prod(sizes.values())} but there are {per_slice} devices"
-            + (f" per slice ({device_count} in {slices} slices)" if slices > 1 else "")
-            + "; make data*fsdp*tensor equal the device count (or set one axis to -1)"
-        )
-    return sizes, dcn
-
-
-def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
-    """Total size of each mesh axis (ICI size times DCN factor)."""
-    ici, dcn = mesh_shapes(mesh_cfg, device_count)
-    return {axis: ici[axis] * dcn[axis] for axis in MESH_AXES}
 
 
 def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -24,7 +24,7 @@ if "LLADA_JAX_COMPILATION_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["LLADA_JAX_COMPILATION_CACHE"] = _cache
 
-from llada_jax import compile_cache  # noqa: E402  (before jax: sets JAX's variables, inherited by subprocesses)
+from llada_jax.utils import compile_cache  # noqa: E402  (before jax: sets JAX's variables, inherited by subprocesses)
 
 compile_cache.enable()
 
@@ -39,7 +39,7 @@ import pytest  # noqa: E402
 def trained_run(tmp_path_factory):
     """A 2-step run of helpers.small_config (checkpoints at steps 1 and 2, params export), trained once per
     session for every test that only reads a trained workdir (or copies it before changing it)."""
-    from llada_jax import loop
+    from llada_jax.training import loop
 
     from helpers import small_config
 

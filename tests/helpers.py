@@ -20,13 +20,13 @@ def small_config(*overrides: str):
 
 def params_export(directory):
     """small_config() with random params, written as a params export; returns its path as a string."""
-    from llada_jax import checkpoint
-    from llada_jax import model as M
+    from llada_jax.checkpoints import params_export
+    from llada_jax.models import registry as M
     from llada_jax.config import ModelConfig
 
     config = small_config()
     params = M.init_params(ModelConfig.from_config(config.model), 0)
-    return str(checkpoint.save_params(directory / "params", params, config))
+    return str(params_export.save_params(directory / "params", params, config))
 
 
 def all_avals(jaxpr):

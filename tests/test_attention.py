@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import all_avals
-from llada_jax import attention as A
+from llada_jax.models import attention as A
 
 
 def random_inputs(b=2, t=24, s=None, n=4, k=2, h=8, seed=0):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint
+from llada_jax.checkpoints import params_export
 from llada_jax.cli import main
 
 from helpers import ROOT, SMALL_MODEL, TINY, xla_flags
@@ -30,7 +30,7 @@ def test_train_command_runs_on_a_sharded_mesh_and_exports_params(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records[:-1]] == [3, 6] and records[-1]["final"]
     assert np.isfinite(records[-1]["eval_loss"])
-    params, config = checkpoint.load_params(tmp_path / "params")
+    params, config = params_export.load_params(tmp_path / "params")
     assert config.train.steps == 6 and params["blocks"]["q_proj"].shape == (2, 32, 4, 8)
 
 

@@ -8,8 +8,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint, convert, safetensors_io
-from llada_jax import model as M
+from llada_jax.checkpoints import params_export
+from llada_jax.interop import hf_export, hf_import
+from llada_jax.interop import safetensors_io
+from llada_jax.models import registry as M
 from llada_jax.cli import main
 from llada_jax.config import ConfigError, ModelConfig
 
@@ -19,7 +21,7 @@ from helpers import ROOT, small_config
 def reference(folder, **kwargs):
     """The independent PyTorch implementation (skips the test where torch is not installed)."""
     pytest.importorskip("torch")
-    from llada_jax.torch_reference import ReferenceModel
+    from llada_jax.interop.torch_reference import ReferenceModel
 
     return ReferenceModel(str(folder), **kwargs)
 
@@ -28,7 +30,7 @@ def export(tmp_path, *overrides, name="ckpt"):
     config = small_config(*overrides)
     params = M.init_params(ModelConfig.from_config(config.model), 0)
     params = jax.tree.map(lambda a: a + 0.01 * jax.random.normal(jax.random.key(1), a.shape), params)  # norms != 1
-    checkpoint.save_params(tmp_path / name, params, config)
+    params_export.save_params(tmp_path / name, params, config)
     return tmp_path / name, params, config
 
 
@@ -46,7 +48,7 @@ def tokens_with_masks(config):
 @pytest.mark.parametrize("overrides", [(), ("model.n_kv_heads=2",)])
 def test_torch_reference_matches_jax_on_the_converted_checkpoint(tmp_path, overrides):
     ckpt, params, config = export(tmp_path, "model.dtype=float32", *overrides)
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf["model_type"] == "llada" and hf["architectures"] == ["LLaDAModelLM"]
     assert hf["mask_token_id"] == 259 and hf["weight_tying"] is False and hf["mlp_hidden_size"] == 64
@@ -57,7 +59,7 @@ def test_torch_reference_matches_jax_on_the_converted_checkpoint(tmp_path, overr
 
 def test_official_names_and_shapes(tmp_path):
     ckpt, _, _ = export(tmp_path)
-    convert.to_hf(ckpt, tmp_path / "hf")
+    hf_export.to_hf(ckpt, tmp_path / "hf")
     header, _ = safetensors_io.read_header(str(tmp_path / "hf" / "model.safetensors"))
     assert header["model.transformer.blocks.1.q_proj.weight"]["shape"] == [32, 32]
     assert header["model.transformer.blocks.0.ff_proj.weight"]["shape"] == [64, 32]
@@ -73,7 +75,7 @@ def test_orbax_to_hf_to_orbax_is_bitwise(tmp_path):
     assert main(["convert", "to-hf", f"--checkpoint={ckpt}", f"--out={tmp_path / 'hf'}", "--dtype=float32"]) == 0
     assert main(["convert", "from-hf", f"--hf-dir={tmp_path / 'hf'}", f"--out={tmp_path / 'back'}",
                  f"--config={ROOT}/configs/tiny.py"]) == 0
-    back, back_config = checkpoint.load_params(tmp_path / "back")
+    back, back_config = params_export.load_params(tmp_path / "back")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert back_config.model.d_model == 32 and back_config.model.mask_token_id == 259
@@ -82,7 +84,7 @@ def test_orbax_to_hf_to_orbax_is_bitwise(tmp_path):
 
 def test_bfloat16_export_rounds_each_weight(tmp_path):
     ckpt, params, _ = export(tmp_path)
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="bfloat16")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="bfloat16")
     tensors = dict(safetensors_io.iterate(str(tmp_path / "hf" / "model.safetensors")))
     want = np.asarray(params["blocks"]["up_proj"][1]).T.astype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(tensors["model.transformer.blocks.1.up_proj.weight"], want)
@@ -90,13 +92,13 @@ def test_bfloat16_export_rounds_each_weight(tmp_path):
 
 def test_sharded_export_with_index_round_trips(tmp_path):
     ckpt, params, _ = export(tmp_path)
-    files = convert.to_hf(ckpt, tmp_path / "hf", dtype="float32", max_shard_bytes=40_000)
+    files = hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32", max_shard_bytes=40_000)
     shards = [f for f in files if f.endswith(".safetensors")]
     assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards) and len(index["weight_map"]) == 21
-    convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
-    back, _ = checkpoint.load_params(tmp_path / "back")
+    hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+    back, _ = params_export.load_params(tmp_path / "back")
     np.testing.assert_array_equal(np.asarray(back["ff_out"]), np.asarray(params["ff_out"]))
 
 
@@ -104,7 +106,7 @@ def test_tokenizer_folder_is_copied(tmp_path):
     ckpt, _, _ = export(tmp_path)
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer.json").write_text("{}")
-    files = convert.to_hf(ckpt, tmp_path / "hf", tokenizer=tmp_path / "tok")
+    files = hf_export.to_hf(ckpt, tmp_path / "hf", tokenizer=tmp_path / "tok")
     assert "tokenizer.json" in files and (tmp_path / "hf" / "tokenizer.json").exists()
     assert sorted(files) == sorted(p.name for p in (tmp_path / "hf").iterdir())  # the CLI's "wrote N files"
 
@@ -112,7 +114,7 @@ def test_tokenizer_folder_is_copied(tmp_path):
 def test_autoregressive_baseline_exports_as_llama(tmp_path):
     ckpt, params, config = export(tmp_path, "model.dtype=float32", "model.causal=True", "train.objective=ar",
                                   "model.n_kv_heads=2")
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf["model_type"] == "llama" and hf["architectures"] == ["LlamaForCausalLM"]
     assert hf["num_key_value_heads"] == 2 and hf["tie_word_embeddings"] is False
@@ -122,8 +124,8 @@ def test_autoregressive_baseline_exports_as_llama(tmp_path):
     ref = reference(tmp_path / "hf")(tokens).numpy()
     assert np.abs(ref - jax_logits(params, config, tokens)).max() < 1e-4
     # and back: bitwise, still the causal baseline
-    convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
-    back, back_config = checkpoint.load_params(tmp_path / "back")
+    hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+    back, back_config = params_export.load_params(tmp_path / "back")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert back_config.model.causal and back_config.train.objective == "ar" and back_config.model.n_kv_heads == 2
@@ -136,15 +138,15 @@ def test_transformers_llama_loads_the_baseline_export_and_its_save_imports_back(
     transformers = pytest.importorskip("transformers")
     ckpt, params, config = export(tmp_path, "model.dtype=float32", "model.causal=True", "train.objective=ar",
                                   "model.n_kv_heads=2")
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     tokens = tokens_with_masks(config)
     model = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
     with torch.no_grad():
         hf_logits = model(torch.as_tensor(tokens)).logits.numpy()
     assert np.abs(hf_logits - jax_logits(params, config, tokens)).max() < 1e-4
     model.save_pretrained(str(tmp_path / "saved"))
-    convert.from_hf(tmp_path / "saved", tmp_path / "back", small_config("model.dtype=float32"))
-    back, back_config = checkpoint.load_params(tmp_path / "back")
+    hf_import.from_hf(tmp_path / "saved", tmp_path / "back", small_config("model.dtype=float32"))
+    back, back_config = params_export.load_params(tmp_path / "back")
     assert np.abs(jax_logits(back, back_config, tokens) - hf_logits).max() < 1e-4
 
 
@@ -169,23 +171,23 @@ def _rewrite(folder, drop=None, add=None, reshape=None):
 ])
 def test_bad_hf_folders_fail_with_one_sentence(tmp_path, edit, fragment):
     ckpt, _, _ = export(tmp_path)
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     _rewrite(tmp_path / "hf", **edit)
     with pytest.raises(ConfigError) as err:
-        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+        hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
 def test_config_the_model_cannot_represent(tmp_path):
     ckpt, _, _ = export(tmp_path)
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
     (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(hf, weight_tying=True)))
     with pytest.raises(ConfigError, match="weight_tying=True; llada_jax's model needs weight_tying=False"):
-        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+        hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
     (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(hf, model_type="gpt2")))
     with pytest.raises(ConfigError, match="model_type='gpt2'"):
-        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+        hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -198,7 +200,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_reference_causal_switch_is_what_makes_the_baseline_match(tmp_path):
     """Without its causal mask the reference no longer matches the AR baseline: the mask is really applied."""
     ckpt, params, config = export(tmp_path, "model.dtype=float32", "model.causal=True", "train.objective=ar")
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     tokens = tokens_with_masks(config)
     bidirectional = reference(tmp_path / "hf", causal=False)(tokens).numpy()
     assert np.abs(bidirectional - jax_logits(params, config, tokens)).max() > 1e-3  # the mask matters
@@ -209,7 +211,7 @@ def test_safetensors_package_reads_the_export(tmp_path):
     pytest.importorskip("torch")
     safe_open = pytest.importorskip("safetensors").safe_open
     ckpt, params, _ = export(tmp_path)
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="bfloat16")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="bfloat16")
     with safe_open(str(tmp_path / "hf" / "model.safetensors"), framework="pt") as f:
         q = f.get_tensor("model.transformer.blocks.1.q_proj.weight")
         assert str(q.dtype) == "torch.bfloat16" and tuple(q.shape) == (32, 32)
@@ -224,8 +226,8 @@ def test_export_streams_one_parameter_at_a_time(tmp_path, monkeypatch):
     def whole_restore(*args, **kwargs):
         raise AssertionError("to_hf restored the whole checkpoint")
 
-    monkeypatch.setattr(checkpoint, "load_params", whole_restore)
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    monkeypatch.setattr(params_export, "load_params", whole_restore)
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     tensors = dict(safetensors_io.iterate(str(tmp_path / "hf" / "model.safetensors")))
     np.testing.assert_array_equal(tensors["model.transformer.wte.weight"], np.asarray(params["wte"]))
 
@@ -236,7 +238,7 @@ def test_cli_round_trip_without_config_keeps_the_run_config(tmp_path):
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
     assert main(["convert", "from-hf", f"--hf-dir={tmp_path / 'hf'}", f"--out={tmp_path / 'back'}",
                  "--config.model.max_seq_len=32"]) == 0
-    _, back_config = checkpoint.load_params(tmp_path / "back")
+    _, back_config = params_export.load_params(tmp_path / "back")
     assert back_config.train.steps == 7 and back_config.model.max_seq_len == 32
 
 
@@ -256,17 +258,17 @@ def _edit_config(folder, **changes):
 ])
 def test_import_config_mismatches_fail_with_one_sentence(tmp_path, changes, overrides, fragment):
     ckpt, _, _ = export(tmp_path)
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     _edit_config(tmp_path / "hf", **changes)
     with pytest.raises(ConfigError) as err:
-        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config(*overrides), overrides)
+        hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config(*overrides), overrides)
     assert fragment in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "back").exists()
 
 
 def test_vocab_override_mismatch_through_the_cli(tmp_path, capsys):
     ckpt, _, _ = export(tmp_path)
-    convert.to_hf(ckpt, tmp_path / "hf")
+    hf_export.to_hf(ckpt, tmp_path / "hf")
     assert main(["convert", "from-hf", f"--hf-dir={tmp_path / 'hf'}", f"--out={tmp_path / 'back'}",
                  "--config.model.vocab_size=512"]) == 2
     err = capsys.readouterr().err.strip()
@@ -275,22 +277,22 @@ def test_vocab_override_mismatch_through_the_cli(tmp_path, capsys):
 
 def test_integer_tensor_is_refused(tmp_path):
     ckpt, _, _ = export(tmp_path)
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     path = str(tmp_path / "hf" / "model.safetensors")
     tensors = {name: np.array(array) for name, array in safetensors_io.iterate(path)}
     tensors["model.transformer.ln_f.weight"] = tensors["model.transformer.ln_f.weight"].astype(np.int32)
     os.remove(path)
     safetensors_io.write(path, [(n, a.shape, a.dtype) for n, a in tensors.items()], tensors.__getitem__)
     with pytest.raises(ConfigError, match="tensor model.transformer.ln_f.weight has dtype I32; weights must be"):
-        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+        hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
 
 
 def test_llama_rope_scaling_is_refused(tmp_path):
     ckpt, _, _ = export(tmp_path, "model.causal=True", "train.objective=ar")
-    convert.to_hf(ckpt, tmp_path / "hf", dtype="float32")
+    hf_export.to_hf(ckpt, tmp_path / "hf", dtype="float32")
     _edit_config(tmp_path / "hf", rope_scaling={"rope_type": "llama3", "factor": 8.0}, rope_parameters=None)
     with pytest.raises(ConfigError, match="'llama3' RoPE scaling"):
-        convert.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
+        hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
 
 
 def test_export_refuses_a_tokenizer_larger_than_the_vocab_and_a_used_folder(tmp_path):
@@ -298,10 +300,10 @@ def test_export_refuses_a_tokenizer_larger_than_the_vocab_and_a_used_folder(tmp_
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0, "b": 400}}}))
     with pytest.raises(ConfigError, match="has ids up to 400 but the model's vocab_size is 320"):
-        convert.to_hf(ckpt, tmp_path / "hf", tokenizer=tmp_path / "tok")
-    convert.to_hf(ckpt, tmp_path / "hf")
+        hf_export.to_hf(ckpt, tmp_path / "hf", tokenizer=tmp_path / "tok")
+    hf_export.to_hf(ckpt, tmp_path / "hf")
     with pytest.raises(ConfigError, match="is not empty"):
-        convert.to_hf(ckpt, tmp_path / "hf")
+        hf_export.to_hf(ckpt, tmp_path / "hf")
 
 
 def test_tokenizer_copy_skips_another_checkpoints_weights_and_config(tmp_path):
@@ -312,7 +314,7 @@ def test_tokenizer_copy_skips_another_checkpoints_weights_and_config(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json", "modeling_llada.py", "config.json",
                  "model.safetensors.index.json", "model-00001-of-00006.safetensors"):
         (release / name).write_text("{}")
-    files = convert.to_hf(ckpt, tmp_path / "hf", tokenizer=release)
+    files = hf_export.to_hf(ckpt, tmp_path / "hf", tokenizer=release)
     assert {"tokenizer.json", "tokenizer_config.json", "modeling_llada.py"} <= set(files)
     assert not (tmp_path / "hf" / "model.safetensors.index.json").exists()
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "llada"

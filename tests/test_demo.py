@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from llada_jax import demo
+from llada_jax.eval import generated_tasks as demo
 from llada_jax.data import chat, synthetic_tasks
 
 from helpers import ROOT

@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from llada_jax import checkpoint, likelihood  # noqa: E402
+from llada_jax.checkpoints import locate, params_export as exports
+from llada_jax.inference import likelihood
 from llada_jax.cli import main  # noqa: E402
 from llada_jax.data.vocab import get_vocabulary  # noqa: E402
 from llada_jax.eval import requests as req_lib  # noqa: E402
@@ -110,9 +111,9 @@ def mc_log_likelihoods(results):
 def test_multiple_choice_matches_the_per_request_likelihood_and_the_score_cli(run, tmp_path, capsys):
     export, _, results = run
     got = mc_log_likelihoods(results)
-    config = checkpoint.read_config(checkpoint.resolve(export))
+    config = locate.read_config(locate.resolve(export))
     vocab = get_vocabulary(config)
-    graphdef, params, _ = checkpoint.load_model(export)
+    graphdef, params, _ = exports.load_model(export)
     for n, doc in enumerate(MC_DOCS):  # same masks: log_likelihood with the harness's per-context key
         context = doc["question"]
         key = jax.random.wrap_key_data(req_lib.request_keys([context], 0)[0])
@@ -152,7 +153,7 @@ def test_generation_matches_the_sample_cli_cut_at_the_stop_strings(run, capsys):
 def test_rolling_loglikelihood_is_the_elbo_of_the_whole_text(run):
     export, _, results = run
     (sample,) = results["samples"]["local_roll"]
-    graphdef, params, config = checkpoint.load_model(export)
+    graphdef, params, config = exports.load_model(export)
     tokens = get_vocabulary(config).encode(ROLL_TEXT)
     key = jax.random.wrap_key_data(req_lib.request_keys([f"0:0:{ROLL_TEXT}"], 0)[0])
     want, _ = likelihood.log_likelihood(graphdef, params, [], tokens, key, mask_id=259, mc_num=MC_NUM,
@@ -341,7 +342,7 @@ def test_eval_cli_rejects_a_missing_include_path(tmp_path, capsys):
 def greedy_reference(graphdef, params, prompt, length, mask_id):
     """The official suffix_greedy_prediction in NumPy: reveal the most confident masked token, one per pass
     (the mask id itself excluded, as the sampler does)."""
-    from llada_jax import model as M
+    from llada_jax.models import registry as M
 
     apply = jax.jit(lambda x: M.apply(graphdef, params, x))
     seq = np.array(prompt + [mask_id] * length)
@@ -361,7 +362,7 @@ def test_greedy_check_matches_the_official_procedure(run):
 
     export, _, _ = run
     lm = LladaJaxLM(export, check_greedy="true", mc_num="4", mc_batch_size="4", gen_batch_size="8")
-    graphdef, params, _ = checkpoint.load_model(export)
+    graphdef, params, _ = exports.load_model(export)
     prompts = [[40, 41, 42], [50, 51, 52], [60, 61, 62]]  # one shape: one compilation on each side
     decoded = [greedy_reference(graphdef, params, p, 3, 259) for p in prompts]
     altered = [d[:-1] + [(d[-1] + 1) % 250 + 3] for d in decoded]

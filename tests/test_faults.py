@@ -18,12 +18,15 @@ import numpy as np
 import pytest
 from etils import epath
 
-from llada_jax import checkpoint, cli, loop, output_dirs, sharding
+from llada_jax import cli, sharding
+from llada_jax.checkpoints import failures, params_export as exports, run_checkpointer
+from llada_jax.training import loop
+from llada_jax.utils import output_dirs
 from llada_jax.config import ConfigError
 from llada_jax.data import prepare, records
 from llada_jax.data.vocab import ByteVocabulary
-from llada_jax.train import Trainer
-from llada_jax.workdir_lock import LOCK_FILE, WorkdirLock
+from llada_jax.training.trainer import Trainer
+from llada_jax.training.workdir_lock import LOCK_FILE, WorkdirLock
 
 from helpers import ROOT, SMALL_MODEL, TINY, params_export, small_config, xla_flags
 
@@ -75,7 +78,7 @@ def test_scrambled_latest_checkpoint_falls_back_to_the_newest_good_step(run_copy
     assert (run_copy / "checkpoints" / "unusable-step-4").is_dir()  # kept for inspection, not deleted
     steps = sorted(int(p.name) for p in (run_copy / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [1, 2, 3, 4, 5]
-    params, _ = checkpoint.load_params(run_copy / "params")
+    params, _ = exports.load_params(run_copy / "params")
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
     logged = [r["step"] for r in records_of(run_copy) if not r.get("final")]
     assert logged == [1, 2, 3, 4, 5]  # step 4 of the first run was dropped and logged again
@@ -107,7 +110,7 @@ def test_every_kind_of_damaged_latest_step_gives_one_sentence_and_a_fallback(run
     damage(run_copy / "checkpoints" / "4")
     config = small_config(*EVERY_STEP)
     mesh = sharding.make_mesh(config.mesh)
-    ckpt = checkpoint.RunCheckpointer(run_copy, config, mesh=mesh)
+    ckpt = run_checkpointer.RunCheckpointer(run_copy, config, mesh=mesh)
     said = []
     try:
         state, meta = ckpt.restore_newest_good(Trainer(config, mesh).sharded_abstract_state(), said.append)
@@ -130,7 +133,7 @@ def test_a_state_with_non_finite_values_is_never_saved(tmp_path):
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     good = Trainer(config, mesh).init_state()
     bad = dict(jax.device_get(good.params), ln_f=np.full((32,), np.nan, np.float32))
-    checkpoint.save_params(tmp_path / "nan", bad, config)
+    exports.save_params(tmp_path / "nan", bad, config)
     run = small_config(*EVERY_STEP, "train.steps=3", "train.max_nonfinite_in_a_row=5",
                        f"train.init_from={tmp_path / 'nan'}")
     loop.run(run, tmp_path / "run", quiet=True)
@@ -167,7 +170,7 @@ def test_a_failed_background_save_stops_at_the_next_step_in_one_sentence(tmp_pat
 
     monkeypatch.setattr(path_class, "write_text", full_disk)
     config = small_config(*EVERY_STEP, "train.steps=12")
-    with pytest.raises(checkpoint.CheckpointWriteError) as caught:
+    with pytest.raises(failures.CheckpointWriteError) as caught:
         loop.run(config, tmp_path / "run", quiet=True)
     message = str(caught.value)
     assert message.startswith("checkpoint step 2 could not be written") and "No space left on device" in message
@@ -276,10 +279,10 @@ def test_sigint_during_start_up_ends_cleanly_with_nothing_saved(tmp_path, monkey
 
 
 def test_sigint_during_the_final_export_finishes_it(tmp_path, monkeypatch, capsys):
-    _send_during(monkeypatch, checkpoint, "save_params", signal.SIGINT)
+    _send_during(monkeypatch, exports, "save_params", signal.SIGINT)
     summary = loop.run(small_config(*QUIET, "train.steps=1"), tmp_path)
     assert summary["step"] == 1 and "during the final evaluation/export" in capsys.readouterr().out
-    assert checkpoint.load_params(tmp_path / "params")[1].train.steps == 1
+    assert exports.load_params(tmp_path / "params")[1].train.steps == 1
 
 
 def test_sigterm_right_after_start_up_exits_zero(tmp_path):
@@ -318,7 +321,7 @@ def test_from_hf_never_deletes_a_users_folder(hf_folder, tmp_path, capsys):
     assert "is not empty (it holds thesis.tex)" in capsys.readouterr().err
     assert cli.main(["convert", "from-hf", f"--hf-dir={hf_folder}", f"--out={out}", "--overwrite"]) == 0
     assert (out / "thesis.tex").read_text() == "years of work"
-    assert checkpoint.load_params(out)[0]["wte"].shape == (320, 32)
+    assert exports.load_params(out)[0]["wte"].shape == (320, 32)
     (tmp_path / "file").write_text("mine")
     assert cli.main(["convert", "from-hf", f"--hf-dir={hf_folder}", f"--out={tmp_path / 'file'}", "--overwrite"]) == 2
     assert (tmp_path / "file").read_text() == "mine"
@@ -374,8 +377,8 @@ def test_params_export_with_overwrite_keeps_other_files(tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="is not empty"):
-        checkpoint.save_params(tmp_path / "export", {"w": np.ones((4,), np.float32)}, config)
-    checkpoint.save_params(tmp_path / "export", {"w": np.ones((4,), np.float32)}, config, overwrite=True)
+        exports.save_params(tmp_path / "export", {"w": np.ones((4,), np.float32)}, config)
+    exports.save_params(tmp_path / "export", {"w": np.ones((4,), np.float32)}, config, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "notes.txt", "params"]
     with pytest.raises(ConfigError, match="--trace=.* already exists"):
         output_dirs.check_file(tmp_path / "export" / "notes.txt", flag="--trace", overwrite=False)

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from llada_jax import checkpoint, loop
+from llada_jax.checkpoints import params_export
+from llada_jax.training import loop
 from llada_jax.cli import main
-from llada_jax.progress import Progress, fmt_time
+from llada_jax.utils.progress import Progress, fmt_time
 
 from helpers import ROOT, TINY, small_config
 
@@ -76,7 +77,7 @@ def test_config_error_comes_before_jax_or_tensorflow_is_imported():
 
 def test_training_and_its_tensorboard_writer_never_import_tensorflow(tmp_path):
     proc = _python(
-        "import sys; from llada_jax import loop, metrics; from llada_jax.data import pipeline\n"
+        "import sys; from llada_jax.training import loop, metrics; from llada_jax.data import pipeline\n"
         f"w = metrics.MetricsWriter({str(tmp_path)!r}); w.write({{'step': 1, 'loss': 2.0}}); w.close()\n"
         "print('tensorflow' in sys.modules, 'seqio' in sys.modules, 'torch' in sys.modules)")
     assert proc.stdout.split() == ["False", "False", "False"], proc.stderr[-2000:]
@@ -112,9 +113,9 @@ def test_resumed_run_with_another_schedule_says_so(trained_run, tmp_path, capsys
 
 def test_sample_uses_the_devices_present_whatever_mesh_trained_the_model(trained_run, tmp_path, capsys):
     # a checkpoint written by a 16-device run: its mesh cannot exist on the 8 devices here
-    params, config = checkpoint.load_params(trained_run / "params")
+    params, config = params_export.load_params(trained_run / "params")
     config.mesh.fsdp, config.mesh.data = 8, 2
-    checkpoint.save_params(tmp_path / "pod", params, config)
+    params_export.save_params(tmp_path / "pod", params, config)
     args = ["sample", f"--checkpoint={tmp_path / 'pod'}", "--prompt=ab", "--gen-length=4", "--steps=4",
             "--block-length=4"]
     assert main(args) == 0
@@ -158,7 +159,7 @@ def test_tpu_plugin_is_skipped_only_where_no_tpu_or_platform_choice_exists(monke
 
 
 def test_sweep_estimates_the_time_left_from_the_time_per_flop():
-    from llada_jax.sweep import sweep_eta
+    from llada_jax.scaling.sweep import sweep_eta
 
     assert sweep_eta(0.0, 0.0, 3e12) == ""  # nothing measured before the first run ends
     assert sweep_eta(60.0, 1e12, 3e12) == " | about 0:02:00 left for the sweep"  # 60 s per 1e12 FLOPs, 2e12 to go

@@ -11,9 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint, loop, sharding
+from llada_jax import sharding
+from llada_jax.checkpoints import params_export, run_checkpointer
+from llada_jax.training import loop
 from llada_jax.config import ConfigError
-from llada_jax.train import Trainer
+from llada_jax.training.trainer import Trainer
 
 from helpers import ROOT, SMALL_MODEL, TINY, small_config, xla_flags
 
@@ -34,8 +36,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert first == {"step": 4, "stopped_early": "stopped after 4 steps as asked"}
     loop.run(config, resumed, quiet=True)
 
-    a, _ = checkpoint.load_params(straight / "params")
-    b, _ = checkpoint.load_params(resumed / "params")
+    a, _ = params_export.load_params(straight / "params")
+    b, _ = params_export.load_params(resumed / "params")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise on CPU
     by_step = lambda rs: {r["step"]: r for r in rs if not r.get("final")}  # noqa: E731
@@ -68,7 +70,7 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(tmp_path):
 def _save_on_mesh(tmp_path, config, mesh):
     trainer = Trainer(config, mesh)
     state = trainer.init_state()
-    ckpt = checkpoint.RunCheckpointer(tmp_path, config, mesh=mesh)
+    ckpt = run_checkpointer.RunCheckpointer(tmp_path, config, mesh=mesh)
     ckpt.save(3, state, {"step": 3})
     ckpt.close()
     return jax.device_get(state.params)
@@ -81,7 +83,7 @@ def test_restore_reshards_onto_another_mesh(tmp_path, target_mesh):
     mesh = sharding.make_mesh(target_mesh, devices)
     config = small_config(*QUIET, *[f"mesh.{k}={v}" for k, v in target_mesh.items()])
     trainer = Trainer(config, mesh)
-    ckpt = checkpoint.RunCheckpointer(tmp_path, config, mesh=mesh)
+    ckpt = run_checkpointer.RunCheckpointer(tmp_path, config, mesh=mesh)
     state, meta = ckpt.restore(trainer.sharded_abstract_state())
     ckpt.close()
     assert int(state.step) == 3 and meta["data"] == {"step": 3}
@@ -93,10 +95,10 @@ def test_restore_reshards_onto_another_mesh(tmp_path, target_mesh):
 
 
 def test_init_from_starts_at_step_zero_from_given_params(trained_run, tmp_path):
-    pre, _ = checkpoint.load_params(trained_run / "params")
+    pre, _ = params_export.load_params(trained_run / "params")
     tuned = small_config(*QUIET, "train.steps=1", "optimizer.lr=1e-12", f"train.init_from={trained_run / 'params'}")
     loop.run(tuned, tmp_path / "sft", quiet=True)
-    post, _ = checkpoint.load_params(tmp_path / "sft" / "params")
+    post, _ = params_export.load_params(tmp_path / "sft" / "params")
     for x, y in zip(jax.tree.leaves(pre), jax.tree.leaves(post)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-7)
     assert [r["step"] for r in records(tmp_path / "sft") if not r.get("final")] == [1]
@@ -138,9 +140,9 @@ def test_non_finite_updates_are_skipped_then_halt(tmp_path):
     trainer = Trainer(config, mesh)
     good = trainer.init_state()
     bad_params = dict(jax.device_get(good.params), ln_f=np.full((32,), np.nan, np.float32))
-    checkpoint.save_params(tmp_path / "nan", bad_params, config)
+    params_export.save_params(tmp_path / "nan", bad_params, config)
 
-    state = trainer.state_from_params(checkpoint.load_params(tmp_path / "nan", mesh)[0])
+    state = trainer.state_from_params(params_export.load_params(tmp_path / "nan", mesh)[0])
     tokens = np.full((8, 16), 5, np.int32)
     new, metrics = trainer.step(state, sharding.global_batch({"tokens": tokens}, mesh))
     assert int(metrics["skipped"]) == 1 and int(new.step) == 1
@@ -166,14 +168,14 @@ def test_tensorboard_events_hold_the_logged_loss(tmp_path):
 def test_params_export_is_swapped_in_only_when_complete(tmp_path):
     config = small_config(*QUIET)
     first = {"w": np.ones((4,), np.float32)}
-    checkpoint.save_params(tmp_path / "export", first, config)
+    params_export.save_params(tmp_path / "export", first, config)
     # a crash in the middle of a later export leaves only its staging folder; the good export is untouched
     (tmp_path / "export.incomplete" / "params").mkdir(parents=True)
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "params"]
-    checkpoint.save_params(tmp_path / "export", {"w": np.zeros((4,), np.float32)}, config, overwrite=True)
+    params_export.save_params(tmp_path / "export", {"w": np.zeros((4,), np.float32)}, config, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     with pytest.raises(ConfigError, match="is not empty"):
-        checkpoint.save_params(tmp_path / "export", first, config)
+        params_export.save_params(tmp_path / "export", first, config)
 
 
 def test_relative_workdir_as_in_the_readme(tmp_path, monkeypatch):
@@ -182,9 +184,9 @@ def test_relative_workdir_as_in_the_readme(tmp_path, monkeypatch):
     config = small_config(*QUIET, "train.steps=2", "checkpoint.every_steps=1")
     loop.run(config, "runs/demo", quiet=True, stop_after=1)
     loop.run(config, "runs/demo", quiet=True)
-    params, saved = checkpoint.load_params("runs/demo")
+    params, saved = params_export.load_params("runs/demo")
     assert saved.train.steps == 2 and (tmp_path / "runs" / "demo" / "params" / "config.json").exists()
-    assert checkpoint.load_params("runs/demo/params")[0]["wte"].shape == params["wte"].shape
+    assert params_export.load_params("runs/demo/params")[0]["wte"].shape == params["wte"].shape
 
 
 def test_log_eval_and_checkpoint_cadences_are_independent(tmp_path):
@@ -209,7 +211,7 @@ import sys, time
 import orbax.checkpoint as ocp
 sys.path.insert(0, "tests")
 from helpers import small_config
-from llada_jax import loop
+from llada_jax.training import loop
 ocp.CheckpointManager.save = lambda *a, **k: time.sleep(600)  # a barrier waiting for a host that never comes
 loop.run(small_config("checkpoint.tensorboard=False", "train.eval_batches=1", "checkpoint.every_steps=1",
                       "checkpoint.timeout_s=3"), sys.argv[1], quiet=True)
@@ -228,7 +230,7 @@ def test_a_stuck_save_ends_the_run_with_one_sentence(tmp_path):
 
 STUCK_LOOP = """
 import sys, threading
-from llada_jax.preemption import PreemptionWatcher
+from llada_jax.training.preemption import PreemptionWatcher
 watcher = PreemptionWatcher(grace_s=float(sys.argv[1]))
 print("ready", flush=True)
 threading.Event().wait()  # stands for a collective whose peer never arrives: no step boundary ever comes

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import likelihood
-from llada_jax import model as M
+from llada_jax.inference import likelihood
+from llada_jax.models import registry as M
 from llada_jax.cli import main
 from llada_jax.config import ConfigError, ModelConfig
 
@@ -124,7 +124,7 @@ def test_score_cli_answers_and_multiple_choice(export, tmp_path, capsys, estimat
     """The CLI scores items together but prints, per answer, what log_likelihood gives with the item's key."""
     import json
 
-    from llada_jax import checkpoint
+    from llada_jax.checkpoints import params_export as exports
     from llada_jax.data.vocab import get_vocabulary
 
     data = tmp_path / "mc.jsonl"
@@ -140,7 +140,7 @@ def test_score_cli_answers_and_multiple_choice(export, tmp_path, capsys, estimat
     assert lines[1]["log_likelihood"][0] < 0 and "pick" not in lines[1]
     assert "pick" in lines[2] and "correct" not in lines[2]
     assert lines[3] == {"accuracy": float(lines[0]["correct"]), "labelled": 1}
-    graphdef, params, config = checkpoint.load_model(str(export))
+    graphdef, params, config = exports.load_model(str(export))
     vocab = get_vocabulary(config)
     for n, (prompt, answers) in enumerate([("ab", ["cd", "efg"]), ("x", ["yz"]), ("q", ["r", "s"])]):
         key = jax.random.fold_in(jax.random.key(0), n)

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import model as M
+from llada_jax.models import layers
+from llada_jax.models import registry as M
 from llada_jax.config import ModelConfig
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, mlp_hidden=48,
@@ -117,17 +118,17 @@ def test_rms_norm_and_rope_gradients_match_autodiff_of_their_formulas():
         return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-5) * w
 
     want = jax.vjp(plain_norm, x, w)[1](dy)
-    got = jax.vjp(lambda x, w: M.rms_norm(x, w, 1e-5), x, w)[1](dy)
+    got = jax.vjp(lambda x, w: layers.rms_norm(x, w, 1e-5), x, w)[1](dy)
     for g, e in zip(got, want):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
 
-    cos, sin = M.rope_tables(jnp.arange(5)[None].repeat(2, 0), 8, 10000.0)
+    cos, sin = layers.rope_tables(jnp.arange(5)[None].repeat(2, 0), 8, 10000.0)
 
     def plain_rope(x):
         x1, x2 = jnp.split(x, 2, axis=-1)
         return x * cos[:, :, None] + jnp.concatenate([-x2, x1], axis=-1) * sin[:, :, None]
 
-    np.testing.assert_allclose(jax.vjp(lambda x: M.apply_rope(x, cos, sin), x)[1](dy)[0],
+    np.testing.assert_allclose(jax.vjp(lambda x: layers.apply_rope(x, cos, sin), x)[1](dy)[0],
                                jax.vjp(plain_rope, x)[1](dy)[0], rtol=1e-5, atol=1e-6)
 
 
@@ -143,15 +144,15 @@ def test_rms_norm_matches_spec_formula():
     x = jnp.array([[1.0, -2.0, 3.0, 0.5]])
     w = jnp.array([1.0, 2.0, 0.5, 1.0])
     want = x / np.sqrt(np.mean(np.square(np.asarray(x))) + 1e-5) * w
-    np.testing.assert_allclose(M.rms_norm(x, w, 1e-5), want, rtol=1e-6)
+    np.testing.assert_allclose(layers.rms_norm(x, w, 1e-5), want, rtol=1e-6)
 
 
 def test_rope_rotate_half_matches_hand_computation():
     hd, theta = 4, 10000.0
     x = jnp.arange(1.0, 5.0).reshape(1, 1, 1, hd)  # [x1 | x2] = [1, 2 | 3, 4]
     pos = jnp.array([[3]])
-    cos, sin = M.rope_tables(pos, hd, theta)
-    out = np.asarray(M.apply_rope(x, cos, sin))[0, 0, 0]
+    cos, sin = layers.rope_tables(pos, hd, theta)
+    out = np.asarray(layers.apply_rope(x, cos, sin))[0, 0, 0]
     inv = theta ** (-np.arange(0, hd, 2) / hd)  # [1, 0.01]
     ang = 3 * inv
     # rotate_half([1,2,3,4]) = [-3,-4,1,2]; each frequency rotates the pair (x_j, x_{j+hd/2}).
@@ -169,7 +170,7 @@ def test_rope_makes_attention_relative():
     key = jax.random.key(3)
     q, k = jax.random.normal(key, (2, 1, 1, 1, 8))
     def score(pq, pk):
-        cq, sq = M.rope_tables(jnp.array([[pq]]), 8, 500000.0)
-        ck, sk = M.rope_tables(jnp.array([[pk]]), 8, 500000.0)
-        return float(jnp.sum(M.apply_rope(q, cq, sq) * M.apply_rope(k, ck, sk)))
+        cq, sq = layers.rope_tables(jnp.array([[pq]]), 8, 500000.0)
+        ck, sk = layers.rope_tables(jnp.array([[pk]]), 8, 500000.0)
+        return float(jnp.sum(layers.apply_rope(q, cq, sq) * layers.apply_rope(k, ck, sk)))
     assert score(5, 2) == pytest.approx(score(13, 10), rel=1e-5)

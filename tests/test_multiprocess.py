@@ -12,14 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint
+from llada_jax.checkpoints import params_export
 
 from helpers import ROOT, SMALL_MODEL, TINY, xla_flags
 
 DRIVER = """
 import faulthandler, json, signal, sys
 faulthandler.register(signal.SIGUSR1)
-from llada_jax import distributed, loop
+from llada_jax.training import distributed
+from llada_jax.training import loop
 from llada_jax.config import load_config
 
 config = load_config(sys.argv[1], sys.argv[4:])
@@ -46,10 +47,10 @@ def free_port() -> int:
 
 # Process 1's clock jumps 1000 s at every reading: by its own clock a 30-minute checkpoint falls due at step 2.
 SKEWED_DRIVER = DRIVER.replace("import jax\n", """import itertools, jax
-from llada_jax import checkpoint
+from llada_jax.checkpoints import run_checkpointer
 if jax.process_index() == 1:
     ticks = itertools.count(0.0, 1000.0)
-    checkpoint.RunCheckpointer.clock = staticmethod(lambda: next(ticks))
+    run_checkpointer.RunCheckpointer.clock = staticmethod(lambda: next(ticks))
 """, 1)
 
 
@@ -111,8 +112,8 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path, single_
     assert multi[0]["rows"] + multi[1]["rows"] == single["rows"]
     assert not any(row in multi[1]["rows"] for row in multi[0]["rows"])
 
-    a, _ = checkpoint.load_params(single_dir / "params")
-    b, _ = checkpoint.load_params(tmp_path / "multi" / "params")
+    a, _ = params_export.load_params(single_dir / "params")
+    b, _ = params_export.load_params(tmp_path / "multi" / "params")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
@@ -188,11 +189,11 @@ def test_a_lost_peer_stops_the_others_in_one_line_and_the_same_command_resumes(t
     assert "resuming from the checkpoint at step" in outs[0]
     assert "received " in outs[0] and "; run the same command to resume" in outs[0]
     assert "resuming from the checkpoint at step" in finish([start(0), start(1)])[0]
-    assert checkpoint.load_params(workdir / "params")[1].train.steps == 16
+    assert params_export.load_params(workdir / "params")[1].train.steps == 16
 
 
 def test_the_lost_process_is_read_from_the_runtimes_messages():
-    from llada_jax.supervisor import lost_processes
+    from llada_jax.training.supervisor import lost_processes
 
     service = ("E1125 13:14:43.959001   17404 coordination_service.cc:1549] [1215] Use error polling to propagate the "
                "following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending "

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from helpers import all_avals
-from llada_jax import diffusion, output_head
-from llada_jax import model as M
+from llada_jax.objectives import losses, masking
+from llada_jax.models import output_head
+from llada_jax.models import registry as M
 from llada_jax.config import ModelConfig
 
 CFG = ModelConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_hidden=48,
@@ -22,7 +23,7 @@ def setup():
     params = M.init_params(CFG, 0)
     k1, k2 = jax.random.split(jax.random.key(3))
     tokens = jax.random.randint(k1, (B, T), 0, 90)
-    noisy, masked, p = diffusion.forward_process(k2, tokens, 95, 1e-3)
+    noisy, masked, p = masking.forward_process(k2, tokens, 95, 1e-3)
     return params, tokens, noisy, masked, p
 
 
@@ -30,11 +31,11 @@ def objectives(tokens, masked, p):
     lengths = jnp.asarray([T, 9, 4])
     valid = jnp.arange(T)[None] < lengths[:, None]
     response = valid & (jnp.arange(T)[None] >= 3)
-    mean = lambda total, weight, aux: (diffusion.mean_loss(total, weight), aux)  # noqa: E731
+    mean = lambda total, weight, aux: (losses.mean_loss(total, weight), aux)  # noqa: E731
     return {
-        "mdm": lambda out: mean(*diffusion.pretrain_loss(out, tokens, masked & valid, p, lengths)),
-        "sft": lambda out: mean(*diffusion.sft_loss(out, tokens, masked & response, p, response)),
-        "ar": lambda out: mean(*diffusion.ar_loss(out, tokens, valid)),
+        "mdm": lambda out: mean(*losses.pretrain_loss(out, tokens, masked & valid, p, lengths)),
+        "sft": lambda out: mean(*losses.sft_loss(out, tokens, masked & response, p, response)),
+        "ar": lambda out: mean(*losses.ar_loss(out, tokens, valid)),
     }
 
 
@@ -72,7 +73,7 @@ def test_token_scores_match_numpy_log_softmax():
 def test_gradient_pass_never_holds_full_logits(setup):
     params, tokens, noisy, masked, p = setup
     graphdef = M.split_model(M.abstract_model(CFG))[0]
-    loss = lambda q: diffusion.pretrain_loss(M.apply_head(graphdef, q, noisy), tokens, masked, p)[0]  # noqa: E731
+    loss = lambda q: losses.pretrain_loss(M.apply_head(graphdef, q, noisy), tokens, masked, p)[0]  # noqa: E731
     jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
     shapes = {tuple(a.shape) for a in all_avals(jaxpr) if hasattr(a, "shape")}
     assert (B, T, CFG.vocab_size) not in shapes and (B, 15, CFG.vocab_size) not in shapes

@@ -7,10 +7,12 @@ import os
 import pytest
 
 from helpers import SMALL_MODEL, TINY
-from llada_jax import preflight, sharding
+from llada_jax import sharding
+from llada_jax.training import preflight
+from llada_jax.utils import chips
 from llada_jax.cli import main
 from llada_jax.config import ConfigError
-from llada_jax.train import Trainer
+from llada_jax.training.trainer import Trainer
 
 TOPOLOGY = "v5p:2x2x1"  # 4 chips, the smallest v5p slice
 # 128 positions: the splash kernel's tile; fsdp over the 4 chips
@@ -38,7 +40,7 @@ def test_train_step_with_splash_compiles_for_tpu(tpu_devices, capsys):
                  *[f"--config.{o}" for o in OVERRIDES]]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["devices"] == 4 and report["device_kind"] == "TPU v5" and report["mesh"]["fsdp"] == 4
-    assert report["device_limit_bytes"] == preflight.TPU_HBM_BYTES["TPU v5"]
+    assert report["device_limit_bytes"] == chips.TPU_HBM_BYTES["TPU v5"]
     assert report["sequences_per_device"] == 2 and report["temp_bytes"] > 0
     per_token = report["temp_bytes"] / (2 * 128)
     assert report["temp_bytes_per_token"] == pytest.approx(per_token)
@@ -73,8 +75,8 @@ def compiled_for_tpu(tpu_devices, attention, program):
     import jax
 
     from helpers import small_config
-    from llada_jax import checkpoint
-    from llada_jax import model as model_lib
+    from llada_jax.checkpoints import params_export
+    from llada_jax.models import registry as model_lib
     from llada_jax.config import ModelConfig
 
     config = small_config(*[o for o in OVERRIDES if not o.startswith(("train.seq_len", "model.max_seq_len",
@@ -82,7 +84,7 @@ def compiled_for_tpu(tpu_devices, attention, program):
                           "train.seq_len=256", "model.max_seq_len=256", f"model.attention={attention}")
     mesh = sharding.make_mesh(config.mesh, tpu_devices)
     graphdef = model_lib.split_model(model_lib.abstract_model(ModelConfig.from_config(config.model)))[0]
-    params = checkpoint.abstract_params(config.model, mesh)  # outside the mesh context (logical names)
+    params = params_export.abstract_params(config.model, mesh)  # outside the mesh context (logical names)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     fn, args = program(graphdef, config.model.mask_token_id, replicated)
     with jax.set_mesh(mesh):
@@ -98,7 +100,7 @@ def test_sampler_with_splash_compiles_for_tpu_without_length_by_length_scores(tp
     import jax
     import jax.numpy as jnp
 
-    from llada_jax import sampling
+    from llada_jax.inference import sampling
 
     def decoder(graphdef, mask_id, replicated):
         decode, _ = sampling.decoder(graphdef, gen_length=128, steps=128, block_length=32, cache=cache,
@@ -121,7 +123,7 @@ def test_scorer_with_splash_compiles_for_tpu_without_length_by_length_scores(tpu
     import jax
     import jax.numpy as jnp
 
-    from llada_jax import likelihood
+    from llada_jax.inference import likelihood
 
     def scorer(graphdef, mask_id, replicated):
         fn = functools.partial(likelihood.rows_nll, graphdef, window=32, mask_id=mask_id, cfg_scale=0.5)

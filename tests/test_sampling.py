@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import sampling, sharding, trace_plot
-from llada_jax import model as M
+from llada_jax import sharding
+from llada_jax.inference import sampling
+from llada_jax.inference import trace_plot
+from llada_jax.models import registry as M
 from llada_jax.cli import main
 from llada_jax.config import ConfigError, ModelConfig
 

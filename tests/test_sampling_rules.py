@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import compile_cache, sampling, sampling_rules, serving_params
-from llada_jax import model as M
+from llada_jax.utils import compile_cache
+from llada_jax.inference import sampling
+from llada_jax.inference import sampling_rules
+from llada_jax.inference import serving_params
+from llada_jax.models import registry as M
 from llada_jax.config import ConfigError, ModelConfig
 
 from helpers import ROOT, params_export, xla_flags
@@ -127,7 +130,7 @@ def test_a_stored_trace_is_found_only_for_the_same_options_shapes_and_source(tmp
     import jax
     import jax.numpy as jnp
 
-    from llada_jax import export_cache
+    from llada_jax.inference import export_cache
 
     monkeypatch.setattr(export_cache, "export_dir", lambda: str(tmp_path))
     scale = functools.partial(lambda x, k: x * k, k=3.0)

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from llada_jax import scaling
+from llada_jax.models import flops
+from llada_jax.scaling import fit, grid
 from llada_jax.cli import main
 from llada_jax.config import ConfigError, ModelConfig
 
@@ -16,21 +17,21 @@ from helpers import ROOT
 
 def test_grid_hits_every_budget_within_one_percent():
     budgets = [1e17, 1e18, 1e19, 1e20, 1e21]
-    runs, skipped = scaling.plan_grid(budgets, [4, 8, 12, 16, 24], vocab_size=32000, seq_len=2048, batch=256,
+    runs, skipped = grid.plan_grid(budgets, [4, 8, 12, 16, 24], vocab_size=32000, seq_len=2048, batch=256,
                                       aspect=64, head_dim=64)
     assert runs
     for r in runs:
         cfg = ModelConfig(vocab_size=32000, d_model=r.d_model, n_layers=r.n_layers, n_heads=r.n_heads,
                           n_kv_heads=r.n_heads, head_dim=64, mlp_hidden=r.mlp_hidden)
-        spent = r.steps * 256 * 2048 * scaling.flops_per_token(cfg, 2048)
+        spent = r.steps * 256 * 2048 * flops.flops_per_token(cfg, 2048)
         assert spent == pytest.approx(r.flops) and abs(spent - r.budget) <= 0.01 * r.budget
-        assert r.steps >= 50 and r.name.startswith(f"isoflop-{scaling.budget_label(r.budget)}-N")
+        assert r.steps >= 50 and r.name.startswith(f"isoflop-{grid.budget_label(r.budget)}-N")
     # each (budget, size) appears once per objective, with identical shape and steps
     mdm = {(r.budget, r.d_model): r.steps for r in runs if r.objective == "mdm"}
     ar = {(r.budget, r.d_model): r.steps for r in runs if r.objective == "ar"}
     assert mdm == ar
     assert any("1e17 x 24 layers" in s for s in skipped)  # too few steps for the biggest model at 1e17
-    assert scaling.budget_label(1e18) == "1e18" and scaling.budget_label(3e17) == "3e17"
+    assert grid.budget_label(1e18) == "1e18" and grid.budget_label(3e17) == "3e17"
 
 
 def test_fitter_recovers_a_known_compute_optimal_exponent():
@@ -45,7 +46,7 @@ def test_fitter_recovers_a_known_compute_optimal_exponent():
             for objective, shift in (("mdm", 0.1), ("ar", 0.0)):
                 results.append({"objective": objective, "budget": budget, "non_embedding_params": n,
                                 "eval_loss": e + shift + a / n ** alpha + b / d ** beta})
-    fits = scaling.fit_scaling(results)
+    fits = fit.fit_scaling(results)
     for objective in ("mdm", "ar"):
         assert fits[objective]["n_opt"]["exponent"] == pytest.approx(beta / (alpha + beta), abs=0.02)
         assert fits[objective]["d_opt"]["exponent"] == pytest.approx(alpha / (alpha + beta), abs=0.02)
@@ -54,8 +55,8 @@ def test_fitter_recovers_a_known_compute_optimal_exponent():
 
 
 def test_parabola_without_interior_minimum_is_rejected():
-    assert scaling.fit_parabola(np.array([6.0, 7.0, 8.0]), np.array([3.0, 2.0, 1.5])) is None
-    assert scaling.fit_parabola(np.array([6.0, 7.0]), np.array([3.0, 2.0])) is None
+    assert fit.fit_parabola(np.array([6.0, 7.0, 8.0]), np.array([3.0, 2.0, 1.5])) is None
+    assert fit.fit_parabola(np.array([6.0, 7.0]), np.array([3.0, 2.0])) is None
 
 
 # 2 budgets x 2 depths x 2 objectives: the plumbing end to end (the fit's math has its own tests above).
@@ -99,6 +100,6 @@ def test_sweep_plan_run_fit_end_to_end(tmp_path, capsys):
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     with pytest.raises(ConfigError, match="already holds a different sweep plan"):
-        from llada_jax import sweep as sweep_lib
+        from llada_jax.scaling import sweep as sweep_lib
         from llada_jax.config import load_config
         sweep_lib.plan(load_config(config, [m[2:] for m in MICRO] + ["train.seq_len=8"]), sweep)

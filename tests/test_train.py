@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from llada_jax import sharding
-from llada_jax.train import Trainer, lr_schedule
+from llada_jax.training.optimizer import lr_schedule
+from llada_jax.training.trainer import Trainer
 
 from helpers import small_config
 
@@ -136,7 +137,7 @@ def test_accumulated_micro_batches_stay_on_every_device():
     hlo = Trainer(config, sharding.make_mesh(config.mesh)).compile_step().as_text()
     assert "collective-permute" not in hlo
     batch = {"tokens": np.arange(16)[:, None] * np.ones((1, 3), int)}
-    from llada_jax.train import split_micro_batches
+    from llada_jax.training.step import split_micro_batches
     micro = split_micro_batches(batch, 2)["tokens"][:, :, 0]
     np.testing.assert_array_equal(micro, [[0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15]])
 
@@ -188,14 +189,14 @@ def test_logged_lr_is_the_lr_the_update_used_even_when_skipped():
 def all_masked_loss(config, params, tokens, valid, scored, segment_ids=None):
     """Independent reference with every scorable position masked (p = 1): per row, CE summed over `scored`
     and divided by its count, averaged over rows."""
-    from llada_jax import diffusion
-    from llada_jax import model as model_lib
+    from llada_jax.objectives import losses
+    from llada_jax.models import registry as model_lib
     from llada_jax.config import ModelConfig
 
     graphdef = model_lib.split_model(model_lib.abstract_model(ModelConfig.from_config(config.model)))[0]
     noisy = np.where(scored, config.model.mask_token_id, tokens)
     logits = model_lib.apply(graphdef, params, jnp.asarray(noisy), segment_ids=segment_ids)
-    ce = np.asarray(diffusion.cross_entropy(logits, jnp.asarray(tokens)))
+    ce = np.asarray(losses.cross_entropy(logits, jnp.asarray(tokens)))
     assert valid.all() or segment_ids is not None
     return float(np.mean((ce * scored).sum(-1) / scored.sum(-1)))
 

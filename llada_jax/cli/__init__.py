@@ -1,6 +1,7 @@
 """`llada-jax <command>`: the one entry point. Each command lives in its own module and its heavy imports
 happen only when it runs, so `llada-jax convert` does not pay for importing the trainer and vice versa,
-and a bad flag or config value is reported before JAX is even loaded."""
+and a bad flag or config value is reported before JAX is even loaded. The top stage: the only place that
+parses flags; it may import every other stage."""
 from __future__ import annotations
 
 import argparse
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from llada_jax import compile_cache
+    from llada_jax.utils import compile_cache
 
     compile_cache.enable()
     try:

@@ -47,20 +47,20 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, overrides) -> int:
-    from llada_jax import convert
+    from llada_jax.interop import hf_export, hf_import
     from llada_jax.config import ConfigError, load_config
 
     if args.direction == "to-hf":
         if not args.checkpoint:
             raise ConfigError("convert to-hf needs --checkpoint=CKPT (a params export or a run workdir)")
-        files = convert.to_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
+        files = hf_export.to_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
                               max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite)
         print(f"wrote {len(files)} files to {args.out}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}")
     else:
         if not args.hf_dir:
             raise ConfigError("convert from-hf needs --hf-dir=DIR (a folder with config.json and safetensors)")
         config_path = args.config or default_import_config(args.hf_dir)
-        config = convert.from_hf(args.hf_dir, args.out, load_config(config_path, overrides), overrides,
+        config = hf_import.from_hf(args.hf_dir, args.out, load_config(config_path, overrides), overrides,
                                  overwrite=args.overwrite)
         m = config.model
         print(f"imported {m.n_layers} x {m.d_model} ({'causal' if m.causal else 'bidirectional'}) into {args.out}")

@@ -27,8 +27,8 @@ def run(args, overrides) -> int:
         raise ConfigError("--train-examples and --test-examples must be positive and --show >= 0")
     config = load_config(args.config, overrides)
     validate(config)  # field errors before anything heavy is imported
-    from llada_jax import demo  # registers the bare-prompt chat template
     from llada_jax.data import synthetic_tasks
+    from llada_jax.eval import generated_tasks as demo
 
     train, test = synthetic_tasks.train_test_split(args.task, args.train_examples, args.test_examples,
                                                    seed=config.train.seed, size=args.size)
@@ -37,15 +37,17 @@ def run(args, overrides) -> int:
     print(f"demo: {len(train):,} generated {args.task} problems to learn (e.g. {train[0].prompt}{train[0].answer}), "
           f"{len(test)} others held out to test on", flush=True)
 
-    from llada_jax import checkpoint, loop, progress, sharding
-    from llada_jax.data.vocab import get_vocabulary
+    from llada_jax import sharding
+    from llada_jax.inference.loader import InferenceModel
+    from llada_jax.training import loop
+    from llada_jax.utils import progress
 
     loop.run(config, args.workdir, quiet=args.quiet)
-    mesh = sharding.make_mesh(config.mesh)
-    graphdef, params, config = checkpoint.load_model(os.path.join(os.path.abspath(args.workdir), "params"), mesh)
+    model = InferenceModel(os.path.join(os.path.abspath(args.workdir), "params"), mesh=sharding.make_mesh(config.mesh))
+    model.load(param_dtype=None)  # the trained float32 params, as the training run evaluated them
     with progress.timed(f"demo: answering the {len(test)} held-out problems with the reverse process "
                         "(compiling the sampler first)"):
-        predictions = demo.solve(graphdef, params, mesh, get_vocabulary(config), [e.prompt for e in test],
-                                 seq_len=config.train.seq_len, mask_id=config.model.mask_token_id)
+        predictions = demo.solve(model.graphdef, model.params, model.mesh, model.vocab, [e.prompt for e in test],
+                                 seq_len=model.config.train.seq_len, mask_id=model.mask_id)
     print("\n".join(demo.report(test, predictions, args.show, demo.prompt_blind_accuracy(train, test))))
     return 0

@@ -58,7 +58,7 @@ def start_processes(overrides: list[str]) -> list[str]:
     `train` does) before any device is touched; returns the other overrides (the mesh ones)."""
     import ml_collections
 
-    from llada_jax import distributed
+    from llada_jax.training import distributed
     from llada_jax.config import apply_override
 
     dist = ml_collections.ConfigDict({"distributed": {"auto": True, "coordinator_address": "", "num_processes": 0,
@@ -75,7 +75,7 @@ def run(args, overrides) -> int:
     import os
 
     from llada_jax.config import ConfigError
-    from llada_jax.output_dirs import check_file
+    from llada_jax.utils.output_dirs import check_file
 
     if args.output:  # refused before hours of evaluation, never after
         check_file(args.output, flag="--output", overwrite=args.overwrite)

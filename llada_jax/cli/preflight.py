@@ -12,7 +12,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, overrides) -> int:
-    from llada_jax import preflight
+    from llada_jax.training import preflight
     from llada_jax.config import load_config
 
     config = load_config(args.config, overrides)

@@ -77,50 +77,29 @@ def check_args(args, max_seq_len: int, longest_prompt: int) -> None:
             f"max_seq_len={max_seq_len}; shorten one of them")
 
 
-def inference_mesh(directory, overrides):
-    """A mesh for the devices present: FSDP over all of them, or the --config.mesh.* overrides given.
-
-    The training mesh is not reused: a checkpoint written on 8 devices must load on a laptop's one.
-    Params are resharded onto this mesh on load.
-    """
-    from llada_jax import checkpoint, sharding
-    from llada_jax.config import ConfigError, apply_override
-
-    config = checkpoint.read_config(checkpoint.resolve(directory))
-    config.mesh.update({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1, "dcn_fsdp": 1, "dcn_tensor": 1})
-    for item in overrides:
-        if not item.startswith("--config.mesh."):
-            raise ConfigError(f"{item.split('=')[0]} does not apply here; the model comes from the checkpoint "
-                              "and only --config.mesh.* overrides are accepted")
-        apply_override(config, item)
-    return sharding.make_mesh(config.mesh)
-
-
 def run(args, overrides) -> int:
     import jax
 
-    from llada_jax import checkpoint, export_cache, sampling, serving_params
-    from llada_jax.data.vocab import get_vocabulary
-    from llada_jax.progress import stderr
+    from llada_jax.inference import export_cache, sampling
+    from llada_jax.inference.loader import InferenceModel
+    from llada_jax.utils.progress import stderr
 
     prompts = read_prompts(args)
     if args.trace:
-        from llada_jax import output_dirs
+        from llada_jax.utils import output_dirs
 
         output_dirs.check_file(args.trace, flag="--trace", overwrite=args.overwrite)  # before minutes of decoding
-    mesh = inference_mesh(args.checkpoint, overrides)
-    config = checkpoint.read_config(checkpoint.resolve(args.checkpoint))
-    vocab = get_vocabulary(config)
+    model = InferenceModel(args.checkpoint, overrides)
+    vocab, config, mesh = model.vocab, model.config, model.mesh
     encoded = [vocab.encode(p) for p in prompts]
-    check_args(args, config.model.max_seq_len, max(len(e) for e in encoded))
-    dtype = serving_params.serving_dtype(args.param_dtype)
-    graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
-    params = serving_params.cast_params(params, dtype)
+    check_args(args, model.max_len, max(len(e) for e in encoded))
+    model.load(args.param_dtype)
+    graphdef, params = model.graphdef, model.params
     ids, valid = sampling.left_pad(encoded, vocab.pad_id)
     decode, options = sampling.decoder(
         graphdef, gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
         temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-        mask_id=config.model.mask_token_id, threshold=args.threshold, factor=args.factor, cache=args.cache,
+        mask_id=model.mask_id, threshold=args.threshold, factor=args.factor, cache=args.cache,
         eos_id=None if args.no_early_stop else vocab.eos_id)
     began = time.perf_counter()
     with jax.set_mesh(mesh):
@@ -136,7 +115,7 @@ def run(args, overrides) -> int:
     print(f"({int(passes)} forward passes for {len(prompts)} x {args.gen_length} tokens, "
           f"{time.perf_counter() - began:.1f} s with the compilation)")
     if args.trace:
-        from llada_jax import trace_plot
+        from llada_jax.inference import trace_plot
 
         legend = trace_plot.save(jax.device_get(trace)[:, ids.shape[1]:], args.trace, args.block_length)
         print(f"reveal trace written to {args.trace}: {legend}")

@@ -72,35 +72,39 @@ def read_items(path: str) -> list[dict]:
     return items
 
 
-def run(args, overrides) -> int:
-    import jax
-    import numpy as np
-
-    from llada_jax import checkpoint, likelihood, serving_params
+def encode_items(items: list[dict], vocab, max_len: int) -> list[tuple]:
+    """(prompt ids, [answer ids]) per item; an item longer than the model's context is one sentence."""
     from llada_jax.config import ConfigError
-    from llada_jax.data.vocab import get_vocabulary
-    from llada_jax.cli.sample import inference_mesh
-    from llada_jax.progress import Progress, fmt_time, stderr
 
-    bad_rows = args.rows_per_pass is not None and args.rows_per_pass <= 0
-    if args.mc_num <= 0 or args.batch_size <= 0 or bad_rows or args.cfg_scale < 0:
-        raise ConfigError("--mc-num, --batch-size and --rows-per-pass must be positive and --cfg-scale >= 0")
-    items = read_items(args.input)
-    mesh = inference_mesh(args.checkpoint, overrides)
-    config = checkpoint.read_config(checkpoint.resolve(args.checkpoint))
-    vocab = get_vocabulary(config)
     encoded = []
     for n, item in enumerate(items, 1):
         prompt = vocab.encode(item["prompt"])
         answers = [vocab.encode(a) for a in item.get("choices", [item.get("answer")])]
         longest = len(prompt) + max(len(a) for a in answers)
-        if longest > config.model.max_seq_len:
+        if longest > max_len:
             raise ConfigError(f"item {n} has {longest} prompt + answer tokens, more than the model's "
-                              f"max_seq_len={config.model.max_seq_len}; shorten it")
+                              f"max_seq_len={max_len}; shorten it")
         encoded.append((prompt, answers))
-    dtype = serving_params.serving_dtype(args.param_dtype)
-    graphdef, params, config = checkpoint.load_model(args.checkpoint, mesh)
-    params = serving_params.cast_params(params, dtype)  # once, not per forward pass
+    return encoded
+
+
+def run(args, overrides) -> int:
+    import jax
+    import numpy as np
+
+    from llada_jax.config import ConfigError
+    from llada_jax.inference import likelihood
+    from llada_jax.inference.loader import InferenceModel
+    from llada_jax.utils.progress import Progress, fmt_time, stderr
+
+    bad_rows = args.rows_per_pass is not None and args.rows_per_pass <= 0
+    if args.mc_num <= 0 or args.batch_size <= 0 or bad_rows or args.cfg_scale < 0:
+        raise ConfigError("--mc-num, --batch-size and --rows-per-pass must be positive and --cfg-scale >= 0")
+    items = read_items(args.input)
+    model = InferenceModel(args.checkpoint, overrides)
+    encoded = encode_items(items, model.vocab, model.max_len)
+    model.load(args.param_dtype)  # cast once, not per forward pass
+    graphdef, params, config, mesh = model.graphdef, model.params, model.config, model.mesh
     key = jax.random.key(args.seed)
     correct = labelled = 0
     progress = Progress(len(items))

@@ -13,7 +13,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, overrides) -> int:
-    from llada_jax import sweep
+    from llada_jax.scaling import sweep
     from llada_jax.config import ConfigError, load_config
 
     if args.action == "plan":

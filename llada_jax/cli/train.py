@@ -17,7 +17,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, overrides) -> int:
-    from llada_jax.preemption import PreemptionWatcher
+    from llada_jax.training.preemption import PreemptionWatcher
 
     watcher = PreemptionWatcher()  # first of all: a signal while jax loads ends the run cleanly, not in a traceback
     try:
@@ -25,18 +25,18 @@ def run(args, overrides) -> int:
 
         config = load_config(args.config, overrides)
         validate(config)  # field errors before JAX is imported (the mesh is checked once devices are known)
-        from llada_jax import distributed
+        from llada_jax.training import distributed
 
         if distributed.is_multiprocess(config.distributed) and not os.environ.get(distributed.WORKER_ENV):
             watcher.restore()  # the supervisor forwards signals to the worker, which has its own watcher
             if watcher.requested:
                 print(f"received {watcher.signal_name} during start-up; nothing to save", flush=True)
                 return 0
-            from llada_jax import supervisor
+            from llada_jax.training import supervisor
 
             _, num, pid = distributed.settings(config.distributed)
             return supervisor.supervise(args.argv, args.workdir, pid, num)
-        from llada_jax import loop
+        from llada_jax.training import loop
 
         distributed.initialize(config.distributed)
         if args.init_from:

@@ -1,1 +1,2 @@
-"""Input side of llada_jax: vocabularies and the batches that feed the train step."""
+"""Data: vocabularies, sources, `prepare`, packing, SFT rows, mixtures and the Grain pipelines that feed the
+train step. Imports only config."""

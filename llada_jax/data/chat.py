@@ -8,6 +8,7 @@ Templates (data.chat_template):
 - "plain": "User: ...\\n\\nAssistant: ..." in plain text, for vocabularies without chat tokens (byte).
 - "llada": the official LLaDA / LLaMA-3 format,
   `<|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n`.
+- "task": the user's text as it is ("482+39="), for the generated tasks of `llada-jax demo`.
 - "auto": "llada" for the hf tokenizer, "plain" otherwise.
 Add your own by putting a function in TEMPLATES from a module imported with --import-module.
 """
@@ -32,7 +33,12 @@ def llada(messages: list[dict], with_bos: bool) -> str:
     return "".join(parts)
 
 
-TEMPLATES: dict[str, Callable[[list[dict], bool], str]] = {"plain": plain, "llada": llada}
+def bare_prompt(messages: list[dict], with_bos: bool) -> str:
+    """The user's text as it is: generated tasks need no "User:/Assistant:" framing."""
+    return "".join(m["content"] for m in messages if m["role"] != "assistant")
+
+
+TEMPLATES: dict[str, Callable[[list[dict], bool], str]] = {"plain": plain, "llada": llada, "task": bare_prompt}
 
 
 def resolve(name: str, vocab) -> str:

@@ -1,2 +1,3 @@
-"""Evaluation with lm-evaluation-harness: the `llada_jax` harness model, its settings and presets, and the
-runner behind `llada-jax eval`. lm_eval (the [eval] extra) is imported only by harness_model.py and runner.py."""
+"""Evaluation: the lm-evaluation-harness model `llada_jax`, its settings, presets and runner behind `llada-jax
+eval`, and the generated tasks' exact-match scoring of the demo. Imports every stage but cli; lm_eval (the
+[eval] extra) is imported only by harness_model.py and runner.py."""

@@ -18,7 +18,8 @@ import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from llada_jax import likelihood, sampling
+from llada_jax.inference import likelihood
+from llada_jax.inference import sampling
 from llada_jax.eval import requests as req_lib
 from llada_jax.eval.progress import Progress
 from llada_jax.eval.settings import EvalSettings, parse_value
@@ -33,17 +34,13 @@ class LladaJaxLM(LM):
 
     def __init__(self, checkpoint: str, mesh_overrides=(), **settings):
         super().__init__()
-        from llada_jax import checkpoint as ckpt
-        from llada_jax.cli.sample import inference_mesh
-        from llada_jax.data.vocab import get_vocabulary
+        from llada_jax.inference.loader import InferenceModel
 
         given = {k: parse_value(k, v) for k, v in settings.items() if k not in HARNESS_ARGS}
         self.settings = EvalSettings(**given).check()
-        self.mesh = inference_mesh(checkpoint, list(mesh_overrides))
-        self.graphdef, self.params, self.config = ckpt.load_model(checkpoint, self.mesh)
-        self.vocab = get_vocabulary(self.config)
-        self.max_len = self.config.model.max_seq_len
-        self.mask_id = self.config.model.mask_token_id
+        model = InferenceModel(checkpoint, list(mesh_overrides)).load(param_dtype=None)  # params as stored
+        self.mesh, self.graphdef, self.params, self.config = model.mesh, model.graphdef, model.params, model.config
+        self.vocab, self.max_len, self.mask_id = model.vocab, model.max_len, model.mask_id
         # lm-eval's rank stays 0 on every process: with rank r it would drop the first r documents (it shards
         # documents by rank), while here every process must see every request to feed its share of each pass.
         self.process_index = jax.process_index()  # only process 0 prints progress and writes results

@@ -10,7 +10,7 @@ import time
 
 from llada_jax.eval.presets import preset_for
 from llada_jax.eval.settings import EvalSettings
-from llada_jax.likelihood import default_rows_per_pass
+from llada_jax.inference.likelihood import default_rows_per_pass
 
 
 def task_manager(tasks: list[str], include_path: str | None):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llada_jax.likelihood import ESTIMATORS
+from llada_jax.inference.likelihood import ESTIMATORS
 
 
 @dataclasses.dataclass
@@ -29,7 +29,7 @@ class EvalSettings:
     def check(self) -> "EvalSettings":
         """One sentence per mistake, naming the setting and the fix."""
         from llada_jax.config import ConfigError
-        from llada_jax.sampling import check_options, check_schedule
+        from llada_jax.inference.sampling import check_options, check_schedule
 
         for name in ("mc_num", "mc_batch_size", "rows_per_pass", "gen_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:

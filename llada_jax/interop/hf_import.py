@@ -1,0 +1,195 @@
+"""`convert from-hf`: a Hugging Face folder (official LLaDA or Llama) as a params checkpoint for `train
+--init_from` and `sample`.
+
+Every tensor's name, shape and dtype is checked against config.json before any data is read. The float32
+params are assembled in memory-mapped scratch files beside the output (about the model's size in free disk,
+removed afterwards) that JAX wraps without copying, so RAM holds only Orbax's one write buffer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from llada_jax.config import ConfigError, ModelConfig, apply_override
+from llada_jax.interop import formats, safetensors_io
+from llada_jax.interop.tensor_layout import from_torch, param_shapes, planned_tensors
+from llada_jax.utils import output_dirs
+
+# model fields that config.json decides (the weights' shapes and meaning); a --config override may not contradict
+# them. The others it gives (max_seq_len, token ids) a user may change.
+DECIDED_BY_CHECKPOINT = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
+                         "causal", "rope_theta", "rms_norm_eps")
+WEIGHT_DTYPES = ("F32", "BF16", "F16")
+
+
+def from_hf(hf_dir, out, base_config: ml_collections.ConfigDict, overrides=(), *,
+            overwrite: bool = False) -> ml_collections.ConfigDict:
+    """Imports an HF folder into a params checkpoint; returns the run config written with it."""
+    from llada_jax.checkpoints import params_export
+
+    hf_dir = epath.Path(hf_dir)
+    if not (hf_dir / "config.json").exists():
+        raise ConfigError(f"{hf_dir} has no config.json; pass the folder of a Hugging Face checkpoint")
+    output_dirs.check_folder(out, flag="--out", overwrite=overwrite)  # before any work: never a late refusal
+    config = import_config(read_hf_config(hf_dir), base_config, overrides)
+    cfg = ModelConfig.from_config(config.model)
+    fmt = formats.for_model(cfg)
+    shapes = param_shapes(cfg)
+    plan = {e[0]: e for e in planned_tensors(cfg, shapes, fmt)}
+    files = read_hf_tensors(hf_dir)
+    check_tensor_names(hf_dir, plan, files, fmt)
+    check_tensor_headers(plan, files)
+    scratch = _scratch_dir(epath.Path(out))
+    try:
+        params = _assemble(scratch, fmt, shapes, plan, files)
+        params_export.save_params(out, _wrap_on_host(params), config, overwrite=overwrite, flag="--out")
+        del params
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return config
+
+
+def read_hf_config(hf_dir: epath.Path) -> dict:
+    try:
+        hf = json.loads((hf_dir / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{hf_dir / 'config.json'} is not valid JSON ({e.__class__.__name__}); "
+                          "re-download the checkpoint's config.json") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{hf_dir / 'config.json'} is not a JSON object; re-download the checkpoint's config.json")
+    return hf
+
+
+def model_config_from_hf(hf: dict) -> dict:
+    """Our config.model fields from an HF config.json, by its model_type's format; one sentence for anything
+    our architecture cannot represent."""
+    return formats.for_hf_config(hf).model_fields(hf)
+
+
+def import_config(hf: dict, base_config: ml_collections.ConfigDict, overrides=()) -> ml_collections.ConfigDict:
+    """The run config of an imported checkpoint: `base_config` (with the user's overrides) whose model is
+    config.json's. An override of a field config.json decides must agree with it, and the token ids must fit."""
+    config = ml_collections.ConfigDict(base_config.to_dict())
+    fields = model_config_from_hf(hf)
+    for field, value in fields.items():
+        config.model[field] = value
+    for item in overrides:
+        dotted = item.split("=", 1)[0].removeprefix("--").removeprefix("config.")
+        if dotted.startswith("model.") and dotted[len("model."):] in fields:
+            name = dotted[len("model."):]
+            probe = ml_collections.ConfigDict(config.to_dict())
+            apply_override(probe, item)
+            if probe.model[name] != fields[name] and name in DECIDED_BY_CHECKPOINT:
+                raise ConfigError(f"--config.model.{name}={probe.model[name]} disagrees with config.json, which gives "
+                                  f"{fields[name]}; the weights only fit the model config.json describes, so drop the override")
+            config.model[name] = probe.model[name]  # max_seq_len, token ids: the user's choice wins
+    if config.model.causal:
+        config.train.objective = "ar"
+    elif config.train.objective == "ar":
+        config.train.objective = "mdm"
+    _check_imported_model(config.model)
+    return config
+
+
+def _check_imported_model(m) -> None:
+    for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
+        if not 0 <= m[name] < m.vocab_size:
+            raise ConfigError(f"{name}={m[name]} is outside the checkpoint's vocabulary [0, {m.vocab_size}); "
+                              f"set --config.model.{name} to an id of its tokenizer")
+    cfg = ModelConfig.from_config(m)
+    if cfg.n_heads % cfg.n_kv_heads or cfg.head_dim % 2:
+        raise ConfigError(f"config.json gives n_heads={cfg.n_heads}, n_kv_heads={cfg.n_kv_heads}, head_dim="
+                          f"{cfg.head_dim}; llada_jax needs n_heads divisible by n_kv_heads and an even head_dim")
+
+
+def read_hf_tensors(hf_dir: epath.Path) -> dict[str, str]:
+    """tensor name -> file, from the index or from every *.safetensors file in the folder."""
+    index = hf_dir / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        missing = sorted({f for f in weight_map.values() if not (hf_dir / f).exists()})
+        if missing:
+            raise ConfigError(f"{hf_dir} lists {missing[0]} in its index but the file is missing; copy all shards")
+        return {name: str(hf_dir / f) for name, f in weight_map.items()}
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{hf_dir} holds no .safetensors files; convert .bin checkpoints to safetensors first")
+    found = {}
+    for f in files:
+        for name in safetensors_io.read_header(str(f))[0]:
+            if name in found:
+                raise ConfigError(f"tensor {name} is in both {os.path.basename(found[name])} and {f.name}; remove the "
+                                  "stale file or add a model.safetensors.index.json")
+            found[name] = str(f)
+    return found
+
+
+def check_tensor_names(hf_dir, plan: dict, files: dict, fmt) -> None:
+    """Every tensor the model needs is present and nothing unknown is (besides buffers the format ignores)."""
+    missing, unexpected = sorted(set(plan) - set(files)), sorted(set(files) - set(plan))
+    unexpected = [n for n in unexpected if not n.endswith(getattr(fmt, "IGNORED_SUFFIXES", ()))]
+    if missing:
+        raise ConfigError(f"{hf_dir} is missing {len(missing)} tensor(s), e.g. {missing[0]}; it does not match its config.json")
+    if unexpected:
+        raise ConfigError(f"{hf_dir} has {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
+                          "llada_jax's model has no such parameter")
+
+
+def check_tensor_headers(plan: dict, files: dict) -> None:
+    """Shapes and dtypes from every file's header, before any data is read."""
+    for path in sorted(set(files.values())):
+        header, _ = safetensors_io.read_header(path)
+        for name, info in header.items():
+            if name not in plan:
+                continue
+            want = tuple(plan[name][3])
+            if tuple(info["shape"]) != want:
+                raise ConfigError(f"tensor {name} has shape {tuple(info['shape'])} but config.json implies {want}")
+            if info["dtype"] not in WEIGHT_DTYPES:
+                raise ConfigError(f"tensor {name} has dtype {info['dtype']}; weights must be F32, BF16 or F16")
+
+
+def _assemble(scratch: str, fmt, shapes: dict, plan: dict, files: dict) -> dict:
+    """Our float32 params in disk-backed arrays, filled tensor by tensor from the safetensors files."""
+    def disk_array(name, shape):
+        return np.memmap(os.path.join(scratch, name), dtype=np.float32, mode="w+", shape=shape)
+
+    params = {"blocks": {k: disk_array(f"blocks.{k}", shapes["blocks"][k]) for k in fmt.LAYER_NAMES}}
+    for key in fmt.TOP_NAMES:
+        params[key] = disk_array(key, shapes[key])
+    for path in sorted(set(files.values())):
+        for name, array in safetensors_io.iterate(path):
+            if name not in plan:
+                continue
+            _, key, layer, _ = plan[name]
+            ours = shapes[key] if layer is None else shapes["blocks"][key][1:]
+            value = from_torch(key, np.asarray(array, np.float32), ours, layer is None)
+            (params[key] if layer is None else params["blocks"][key][layer])[...] = value
+    return params
+
+
+def _scratch_dir(out: epath.Path) -> str:
+    """Where the imported params are assembled: beside the output when it is local (so the disk-backed arrays
+    never land on a RAM-backed /tmp), else the system temp folder."""
+    if "://" in str(out):
+        return tempfile.mkdtemp(prefix="llada-import-")
+    parent = os.path.dirname(os.path.abspath(str(out)))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(str(out))}.import-", dir=parent)
+
+
+def _wrap_on_host(params):
+    """jax.Arrays on the CPU backend that share the memory-mapped buffers (no copy), so Orbax's save adds the
+    only in-RAM copy. Without a CPU backend (JAX_PLATFORMS excludes it) the NumPy arrays go as they are."""
+    try:
+        cpu = jax.devices("cpu")[0]
+    except RuntimeError:
+        return params
+    return jax.tree.map(lambda a: jax.device_put(a, cpu), params)

@@ -1,0 +1,185 @@
+"""The LLaDA mask predictor: a LLaMA-style Transformer with bidirectional attention (Flax NNX).
+
+Pre-norm blocks of RMSNorm -> multi-head (or grouped-query) attention with rotate-half RoPE -> RMSNorm ->
+SwiGLU, no biases, untied output head. `causal=True` gives the autoregressive baseline of the scaling
+sweeps from the same code. Parameter names follow the official Hugging Face checkpoint (wte, blocks.*.q_proj,
+ff_proj, up_proj, ff_out, ln_f, ...) so conversion is a rename and a transpose.
+
+Layer parameters are always stored stacked along a leading "layers" axis; `scan_layers` only chooses
+whether the forward pass runs them with lax.scan (one compiled body) or an unrolled loop. Checkpoints are
+therefore independent of that choice.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from llada_jax import sharding
+from llada_jax.config import ModelConfig
+from llada_jax.models.attention import attention
+from llada_jax.models.layers import apply_rope, param, rms_norm, rope_tables, swiglu
+from llada_jax.models.output_head import HeadOutput, project
+
+# Names of the per-layer tensors remat policies can keep (jax.ad_checkpoint.checkpoint_name tags below).
+PROJECTIONS = ("query", "key", "value", "attn_mixed", "attn_output", "mlp_gate", "mlp_up", "mlp_output")
+
+
+def remat_policy(name: str):
+    """Named rematerialisation policies: what each layer keeps for the backward pass (the rest is recomputed).
+
+    full: nothing (the layer input only); save_dots: every matmul output without batch dims; save_proj: the
+    projections' outputs (q, k, v, attention output, MLP gate/up/out), so attention and elementwise work is
+    recomputed but no matmul is; offload_proj: the same tensors moved to host memory (TPU/GPU pinned host).
+    """
+    policies = jax.checkpoint_policies
+    if name == "full":
+        return policies.nothing_saveable
+    if name == "save_dots":
+        return policies.dots_with_no_batch_dims_saveable
+    if name == "save_proj":
+        return policies.save_only_these_names(*PROJECTIONS)
+    if name == "offload_proj":
+        return policies.save_and_offload_only_these_names(
+            names_which_can_be_saved=[], names_which_can_be_offloaded=list(PROJECTIONS),
+            offload_src="device", offload_dst="pinned_host")
+    raise ValueError(f"unknown remat policy {name!r}")
+
+
+class Block(nnx.Module):
+    """One pre-norm Transformer layer; attribute names are the official checkpoint's."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, n, k, h, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_hidden
+        pdt = jnp.dtype(cfg.param_dtype)
+        std = cfg.init_std
+        out_std = std / (2 * cfg.n_layers) ** 0.5  # residual-branch outputs scaled down with depth
+        self.attn_norm = nnx.Param(jnp.ones((d,), pdt), sharding_names=("norm",))
+        self.q_proj = param(rngs, (d, n, h), std, pdt, ("embed", "heads", "head_dim"))
+        self.k_proj = param(rngs, (d, k, h), std, pdt, ("embed", "kv_heads", "head_dim"))
+        self.v_proj = param(rngs, (d, k, h), std, pdt, ("embed", "kv_heads", "head_dim"))
+        self.attn_out = param(rngs, (n, h, d), out_std, pdt, ("heads", "head_dim", "embed"))
+        self.ff_norm = nnx.Param(jnp.ones((d,), pdt), sharding_names=("norm",))
+        self.ff_proj = param(rngs, (d, f), std, pdt, ("embed", "mlp"))
+        self.up_proj = param(rngs, (d, f), std, pdt, ("embed", "mlp"))
+        self.ff_out = param(rngs, (f, d), out_std, pdt, ("mlp", "embed"))
+
+    def __call__(self, x, cos, sin, segments, cache_kv=None, window_start=None):
+        """x [B, T, d] -> (x, (k, v)). `segments` is (query ids, key ids, kv_lengths or None) for attention.
+        With `cache_kv` (keys/values of a whole sequence, RoPE applied) x is a window of that sequence starting
+        at column `window_start`: its fresh keys/values overwrite the cache's there and it attends to the
+        result (the sampler's prefix and dual caches). Params arrive already cast to the compute dtype
+        (Transformer casts once)."""
+        cfg = self.cfg
+        dt = x.dtype
+        w = lambda p: p[...].astype(dt)  # noqa: E731  (a no-op after the model-level cast)
+
+        y = rms_norm(x, w(self.attn_norm), cfg.rms_norm_eps)
+        q = checkpoint_name(jnp.einsum("btd,dnh->btnh", y, w(self.q_proj)), "query")
+        k = checkpoint_name(jnp.einsum("btd,dkh->btkh", y, w(self.k_proj)), "key")
+        v = checkpoint_name(jnp.einsum("btd,dkh->btkh", y, w(self.v_proj)), "value")
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
+        keys, values = k, v
+        if cache_kv is not None:
+            keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(dt), k, window_start, axis=1)
+            values = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(dt), v, window_start, axis=1)
+        q_ids, kv_ids, kv_lengths = segments
+        mixed = attention(q, keys, values, q_segment_ids=q_ids, kv_segment_ids=kv_ids,
+                          causal=cfg.causal, implementation=cfg.attention, scale=cfg.head_dim ** -0.5,
+                          kv_lengths=kv_lengths if cache_kv is None else None, block_size=cfg.attention_block)
+        mixed = checkpoint_name(mixed, "attn_mixed")
+        attn = checkpoint_name(jnp.einsum("btnh,nhd->btd", mixed, w(self.attn_out)), "attn_output")
+        x = sharding.constrain(x + attn, ("batch", "length", "act_embed"))
+
+        y = rms_norm(x, w(self.ff_norm), cfg.rms_norm_eps)
+        out = swiglu(y, w(self.ff_proj), w(self.up_proj), w(self.ff_out))
+        return sharding.constrain(x + out, ("batch", "length", "act_embed")), (k, v)
+
+
+class Transformer(nnx.Module):
+    """tokens [batch, length] -> float32 logits [batch, length, vocab]."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = jnp.dtype(cfg.param_dtype)
+        # Logical names are metadata only; sharding.py places the arrays (no eager device placement here).
+        with nnx.use_eager_sharding(False):
+            self.wte = param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, pdt, ("vocab", "embed"))
+
+            @nnx.split_rngs(splits=cfg.n_layers)
+            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make_blocks(rngs):
+                return Block(cfg, rngs)
+
+            self.blocks = make_blocks(rngs)
+            self.ln_f = nnx.Param(jnp.ones((cfg.d_model,), pdt), sharding_names=("norm",))
+            self.ff_out = param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, pdt, ("embed", "vocab"))
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None, *, cache_kv=None, cache_segment_ids=None,
+                 window_start=None, return_kv: bool = False, lengths: jax.Array | None = None):
+        """tokens [B, T] -> float32 logits [B, T, V].
+
+        `segment_ids` (packed documents or padding) restrict attention to equal ids; positions default to
+        0..T-1. `lengths` [B] may promise that segment_ids are just "1 before lengths, 0 after" (lets cuDNN use
+        sequence lengths). Sampler extras: `return_kv` also returns every layer's keys/values ([layers, B, T,
+        K, H] each); `cache_kv` (such a pair for a whole sequence, with its `cache_segment_ids`) makes `tokens`
+        the window of that sequence starting at column `window_start` (traced): only the window is recomputed,
+        its keys and values replace the cached ones there, and it attends to the whole sequence.
+        """
+        x, kv = self.hidden_states(tokens, positions, segment_ids, cache_kv=cache_kv,
+                                   cache_segment_ids=cache_segment_ids, window_start=window_start, lengths=lengths)
+        logits = project(x, self.ff_out[...])
+        return (logits, kv) if return_kv else logits
+
+    def head(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+             lengths: jax.Array | None = None) -> HeadOutput:
+        """The training output: final hidden states plus head weight; losses compute logits chunk by chunk."""
+        x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths)
+        # the f32 weight goes in (cast per chunk), so its gradient is summed over chunks in f32
+        return HeadOutput(x, self.ff_out[...], self.cfg.loss_chunk_tokens)
+
+    def hidden_states(self, tokens, positions=None, segment_ids=None, *, cache_kv=None, cache_segment_ids=None,
+                      window_start=None, lengths=None):
+        """tokens [B, T] -> (final RMS-normed hidden states [B, T, d] in the compute dtype, per-layer (k, v))."""
+        cfg = self.cfg
+        dt = jnp.dtype(cfg.dtype)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+            lengths = jnp.full(tokens.shape[:1], tokens.shape[1]) if lengths is None else lengths
+        if cache_kv is not None and cache_segment_ids is None:
+            cache_segment_ids = jnp.ones(cache_kv[0].shape[1:3], segment_ids.dtype)
+        key_ids = segment_ids if cache_kv is None else cache_segment_ids
+        segments = (segment_ids, key_ids, lengths)
+
+        # Params are cast to the compute dtype once, outside the layer loop (and before FSDP gathers them).
+        cast = lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+        x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)  # gather first: the table's gradient stays f32
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+
+        graphdef, stacked = nnx.split(self.blocks)
+        stacked = jax.tree.map(cast, stacked)
+
+        def layer(x, xs):
+            layer_state, layer_cache = xs
+            return nnx.merge(graphdef, layer_state)(x, cos, sin, segments, layer_cache, window_start)
+
+        if cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            x, kv = jax.lax.scan(layer, x, (stacked, cache_kv))
+        else:
+            per_layer = []
+            for i in range(cfg.n_layers):
+                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, cache_kv)))
+                per_layer.append(layer_kv)
+            kv = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+        return rms_norm(x, cast(self.ln_f[...]), cfg.rms_norm_eps), kv
+
+

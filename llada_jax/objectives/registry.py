@@ -1,0 +1,44 @@
+"""The objective registry: `train.objective` picks how a batch is noised and scored.
+
+The train and eval steps call `compute_loss` only; an objective is one entry here (its loss function, the
+batch fields it needs beyond tokens, and how its loss and accuracy are named), never a flag tested elsewhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from llada_jax.config import ConfigError
+from llada_jax.objectives import ar, mdm, sft
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    loss: Callable  # (graphdef, config, params, batch, key) -> (loss sum, aux with "loss_weight")
+    batch_fields: dict = dataclasses.field(default_factory=dict)  # name -> dtype, besides "tokens" [B, T] int32
+    loss_label: str = "loss"  # the progress line's name for the loss
+    loss_meaning: str = "ELBO bound"  # what the reported nats/token are
+    accuracy_label: str = "masked"  # the progress line's name for whose accuracy it is
+    accuracy_meaning: str = "masked-token"  # the same in the closing line
+
+
+# train.objective -> Objective (config.OBJECTIVES lists the same names)
+OBJECTIVES = {
+    "mdm": Objective(mdm.loss),
+    "sft": Objective(sft.loss, batch_fields=sft.BATCH_FIELDS),
+    "ar": Objective(ar.loss, loss_label="NLL", loss_meaning="NLL", accuracy_label="next-token",
+                    accuracy_meaning="next-token"),
+}
+
+
+def get(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ConfigError(f"train.objective={name!r} is unknown; use one of {tuple(OBJECTIVES)}") from None
+
+
+def compute_loss(graphdef, config, params, batch, key):
+    """(loss sum, aux) for one (micro-)batch; aux["loss_weight"] is what the sum is divided by (summed over
+    micro-batches first), the other aux entries are metric sums."""
+    return get(config.train.objective).loss(graphdef, config, params, batch, key)

@@ -1,0 +1,68 @@
+"""IsoFLOP sweep grids: model shapes by depth and the runs that spend each compute budget within 1%
+(MDM vs. the autoregressive baseline, same data and architecture)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from llada_jax.config import ModelConfig
+from llada_jax.models.flops import flops_per_token, param_counts
+
+
+def shape_for_depth(n_layers: int, aspect: int = 64, head_dim: int = 64) -> dict:
+    """Width/depth rule: d_model = aspect * n_layers, heads of head_dim, SwiGLU hidden ~ 8/3 d (multiple of 64)."""
+    d_model = aspect * n_layers
+    if d_model % head_dim:
+        raise ValueError(f"aspect {aspect} x {n_layers} layers = {d_model} is not a multiple of head_dim {head_dim}")
+    mlp = int(math.ceil(8 * d_model / 3 / 64) * 64)
+    return {"d_model": d_model, "n_layers": n_layers, "n_heads": d_model // head_dim, "mlp_hidden": mlp}
+
+
+def budget_label(flops: float) -> str:
+    """1e18 -> '1e18', 3e17 -> '3e17' (run names)."""
+    exponent = int(math.floor(math.log10(flops)))
+    mantissa = flops / 10 ** exponent
+    return f"{mantissa:.2g}e{exponent}".replace(".", "p")
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    name: str
+    objective: str  # mdm | ar
+    budget: float
+    n_layers: int
+    d_model: int
+    n_heads: int
+    mlp_hidden: int
+    non_embedding_params: int
+    steps: int
+    tokens: int
+    flops: float  # what the run will actually spend
+
+
+def plan_grid(budgets, depths, *, vocab_size: int, seq_len: int, batch: int, aspect: int = 64, head_dim: int = 64,
+              objectives=("mdm", "ar"), min_steps: int = 50, tolerance: float = 0.01) -> tuple[list[PlannedRun], list[str]]:
+    """Runs for every (budget, depth, objective) whose step count hits the budget within `tolerance`.
+
+    Steps = round(C / (FLOPs/token * tokens/step)); pairs that would need fewer than `min_steps` steps or miss
+    the budget by more than the tolerance are left out and explained in the second return value.
+    """
+    runs, skipped = [], []
+    for budget in budgets:
+        for depth in depths:
+            shape = shape_for_depth(depth, aspect, head_dim)
+            cfg = ModelConfig(vocab_size=vocab_size, n_kv_heads=shape["n_heads"], head_dim=head_dim, **shape)
+            per_step = flops_per_token(cfg, seq_len) * batch * seq_len
+            steps = int(round(budget / per_step))
+            spent = steps * per_step
+            if steps < min_steps or abs(spent - budget) > tolerance * budget:
+                skipped.append(f"{budget_label(budget)} x {depth} layers: {steps} steps (need >= {min_steps} within "
+                               f"{tolerance:.0%} of the budget)")
+                continue
+            n = param_counts(cfg)["non_embedding"]
+            for objective in objectives:
+                runs.append(PlannedRun(
+                    name=f"isoflop-{budget_label(budget)}-N{n / 1e6:.3g}M-{objective}", objective=objective,
+                    budget=float(budget), non_embedding_params=n, steps=steps, tokens=steps * batch * seq_len,
+                    flops=float(spent), **shape))
+    return runs, skipped
