@@ -97,14 +97,69 @@ def test_splash_kernel_in_interpret_mode_matches_reference():
 
 
 def test_auto_picks_per_backend_and_falls_back_on_unsupported_shapes():
-    assert A.resolve("auto", 4096, 4096, 128, platform="gpu") == "cudnn"
-    assert A.resolve("auto", 4096, 4096, 128, platform="tpu") == "splash"
-    assert A.resolve("auto", 4096, 4096, 128, platform="cpu") == "blockwise"
-    assert A.resolve("auto", 512, 512, 128, platform="cpu") == "xla"  # one block: blockwise would only be slower
-    assert A.resolve("auto", 600, 600, 128, platform="cpu", block_size=1024) == "xla"
-    assert A.resolve("auto", 100, 100, 128, platform="tpu") == "blockwise"  # not a multiple of 128
-    assert A.resolve("splash", 128, 256, 128, platform="tpu") == "blockwise"  # cached prefix
-    assert A.resolve("cudnn", 128, 128, 64, platform="cpu") == "blockwise"
+    bf16 = jnp.bfloat16
+    assert A.resolve("auto", 4096, 4096, 128, dtype=bf16, platform="gpu") == "cudnn"
+    assert A.resolve("auto", 4096, 4096, 128, dtype=bf16, platform="tpu") == "splash"
+    assert A.resolve("auto", 4096, 4096, 128, dtype=bf16, platform="cpu") == "blockwise"
+    assert A.resolve("auto", 512, 512, 128, dtype=bf16, platform="cpu") == "xla"  # one block: blockwise only slower
+    assert A.resolve("auto", 600, 600, 128, dtype=bf16, platform="cpu", block_size=1024) == "xla"
+    assert A.resolve("auto", 100, 100, 128, dtype=bf16, platform="tpu") == "blockwise"  # not a multiple of 128
+    assert A.resolve("splash", 128, 256, 128, dtype=bf16, platform="tpu") == "blockwise"  # cached prefix
+    assert A.resolve("cudnn", 128, 128, 64, dtype=bf16, platform="cpu") == "blockwise"
+
+
+# (platform, dtype, head_dim) -> what `auto` runs at 4096 tokens, and whether it is a fallback
+BRANCHES = [
+    ("gpu", "bfloat16", 128, "cudnn", False), ("gpu", "float16", 64, "cudnn", False),
+    ("gpu", "float32", 128, "blockwise", True),  # cuDNN refuses float32: configs/tiny.py and demo.py on a GPU
+    ("gpu", "bfloat16", 256, "blockwise", True), ("gpu", "bfloat16", 60, "blockwise", True),
+    ("tpu", "bfloat16", 128, "splash", False), ("tpu", "float32", 256, "splash", False),
+    ("cpu", "float32", 64, "blockwise", False), ("cpu", "bfloat16", 128, "blockwise", False),
+]
+
+
+@pytest.mark.parametrize("platform, dtype, head_dim, kernel, fallback", BRANCHES)
+def test_kernel_choice_covers_every_platform_dtype_and_head_dim(platform, dtype, head_dim, kernel, fallback):
+    got, note = A.startup_kernel("auto", length=4096, head_dim=head_dim, dtype=dtype, platform=platform)
+    assert got == kernel and (note is not None) == fallback
+    if fallback:
+        assert note.startswith("attention: the cuDNN kernel") and f"the {kernel} kernel runs" in note
+        assert "\n" not in note
+
+
+def test_an_explicit_kernel_that_cannot_run_is_one_sentence_at_start_up():
+    from llada_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.attention='cudnn' cannot run here: the cuDNN kernel takes "
+                                          r"bfloat16 or float16 inputs, not float32 .*it picks blockwise here"):
+        A.startup_kernel("cudnn", length=256, head_dim=64, dtype="float32", platform="gpu")
+    with pytest.raises(ConfigError, match="runs on GPUs only, not on cpu"):
+        A.startup_kernel("cudnn", length=256, head_dim=64, dtype="bfloat16", platform="cpu")
+    with pytest.raises(ConfigError, match="not a multiple of 128"):
+        A.startup_kernel("splash", length=100, head_dim=64, dtype="bfloat16", platform="tpu")
+    # a checkpoint's request is a note for inference (its config cannot be changed there), never an error
+    kernel, note = A.startup_kernel("cudnn", length=256, head_dim=64, dtype="float32", platform="gpu", strict=False)
+    assert kernel == "blockwise" and "the checkpoint asks for cudnn" in note
+    kernel, note = A.startup_kernel("splash", length=256, head_dim=64, dtype="float32", platform="cpu")
+    assert kernel == "splash" and "interpret mode" in note
+    assert A.startup_kernel("xla", length=256, head_dim=64, dtype="float32", platform="gpu") == ("xla", None)
+
+
+def test_a_float32_model_on_gpu_never_reaches_the_cudnn_call(monkeypatch):
+    """The crash the review found: with auto, float32 inputs on a GPU resolved to cuDNN, which refuses them.
+    Traced as if on a GPU (cuDNN itself is not on this machine): the call must go to the blockwise kernel."""
+    monkeypatch.setattr(A, "target_platform", lambda: "gpu")
+    called = []
+    monkeypatch.setattr(A, "_cudnn_attention", lambda *a, **k: called.append(a) or a[0])
+    q, k, v = random_inputs(b=1, t=64, n=2, k=2, h=8)
+    seg = jnp.ones((1, 64), jnp.int32)
+    want = A.attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, implementation="xla")
+    got = A.attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, implementation="auto")
+    assert not called and q.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    A.attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), q_segment_ids=seg,
+                kv_segment_ids=seg, implementation="auto")
+    assert len(called) == 1  # bfloat16 inputs do take the cuDNN path
 
 
 def test_blockwise_keeps_no_length_by_length_scores():

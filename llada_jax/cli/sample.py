@@ -94,6 +94,8 @@ def run(args, overrides) -> int:
     encoded = [vocab.encode(p) for p in prompts]
     check_args(args, model.max_len, max(len(e) for e in encoded))
     model.load(args.param_dtype)
+    if model.attention_note:
+        stderr(f"sample: {model.attention_note}")
     graphdef, params = model.graphdef, model.params
     ids, valid = sampling.left_pad(encoded, vocab.pad_id)
     decode, options = sampling.decoder(

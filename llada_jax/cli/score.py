@@ -104,6 +104,8 @@ def run(args, overrides) -> int:
     model = InferenceModel(args.checkpoint, overrides)
     encoded = encode_items(items, model.vocab, model.max_len)
     model.load(args.param_dtype)  # cast once, not per forward pass
+    if model.attention_note:
+        stderr(f"score: {model.attention_note}")
     graphdef, params, config, mesh = model.graphdef, model.params, model.config, model.mesh
     key = jax.random.key(args.seed)
     correct = labelled = 0

@@ -11,6 +11,7 @@ from llada_jax.checkpoints import locate, params_export
 from llada_jax.config import ConfigError, ModelConfig, apply_override
 from llada_jax.data.vocab import get_vocabulary
 from llada_jax.inference import serving_params
+from llada_jax.models import attention
 from llada_jax.models import registry as model_lib
 
 
@@ -39,6 +40,11 @@ class InferenceModel:
         self.mesh = mesh if mesh is not None else inference_mesh(self.config, mesh_overrides)
         self.vocab = get_vocabulary(self.config)
         self.graphdef = self.params = None
+        m = ModelConfig.from_config(self.config.model)
+        # what the sampler's full passes run on this mesh (explicit requests that cannot run stop here)
+        self.attention_kernel, self.attention_note = attention.startup_kernel(
+            m.attention, length=m.max_seq_len, head_dim=m.head_dim, dtype=m.dtype,
+            platform=self.mesh.devices.flat[0].platform, block_size=m.attention_block, strict=False)
 
     @property
     def max_len(self) -> int:

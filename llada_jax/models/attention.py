@@ -12,9 +12,13 @@ pass), which dominates memory at long sequences. So:
 - "xla"       the dense reference (jax.nn.dot_product_attention with a boolean mask); tests compare to it.
 
 "auto" picks cudnn on GPU, splash on TPU and, elsewhere, xla when the keys fit in one block (blockwise would
-hold the same scores, only slower: 2-5x on a CPU at 96 tokens) and blockwise beyond. Masking rule everywhere: query i sees key j
-iff their segment ids are equal (and j <= i + kv_len - q_len when causal). Segment 0 is padding; padding
-rows attend among themselves, so no row is ever empty.
+hold the same scores, only slower: 2-5x on a CPU at 96 tokens) and blockwise beyond. A kernel that cannot take
+the inputs (cuDNN with float32, a head_dim it lacks; splash with a cached prefix or a length that is not a
+multiple of 128) falls back to blockwise; `unmet_requirement` is the one table of those constraints, and
+`startup_kernel` says at start-up which kernel runs when it is not the one asked for.
+
+Masking rule everywhere: query i sees key j iff their segment ids are equal (and j <= i + kv_len - q_len when
+causal). Segment 0 is padding; padding rows attend among themselves, so no row is ever empty.
 """
 from __future__ import annotations
 
@@ -35,17 +39,82 @@ def target_platform() -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
-def resolve(implementation: str, q_len: int, kv_len: int, head_dim: int, platform: str | None = None,
-            block_size: int = 512) -> str:
-    """The kernel that will run for a requested implementation on this backend and these shapes."""
-    platform = platform or target_platform()
+CUDNN_DTYPES = ("bfloat16", "float16")  # jax.nn.dot_product_attention's cuDNN path refuses float32 ("Q must be fp16/bf16")
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def unmet_requirement(kernel: str, *, q_len: int, kv_len: int, head_dim: int, dtype, platform: str) -> str | None:
+    """Why `kernel` cannot run these inputs on `platform` (None when it can): the one table of what each kernel
+    constrains. xla and blockwise run anything; splash runs off TPU too, in Pallas interpret mode."""
+    dtype = jnp.dtype(dtype).name
+    if kernel == "cudnn":
+        if platform != "gpu":
+            return f"the cuDNN kernel runs on GPUs only, not on {platform}"
+        if dtype not in CUDNN_DTYPES:
+            return f"the cuDNN kernel takes bfloat16 or float16 inputs, not {dtype} (model.dtype)"
+        if head_dim > CUDNN_MAX_HEAD_DIM or head_dim % 8:
+            return f"the cuDNN kernel needs a head_dim that is a multiple of 8 up to {CUDNN_MAX_HEAD_DIM}, not {head_dim}"
+    if kernel == "splash":
+        if q_len != kv_len:
+            return "the splash kernel needs queries and keys of one length (no cached prefix)"
+        if q_len % 128:
+            return f"the splash kernel tiles by 128 positions and {q_len} is not a multiple of 128"
+    return None
+
+
+def candidates(implementation: str, platform: str, kv_len: int, block_size: int) -> list[str]:
+    """Kernels to try in order: the request (auto: the platform's fused kernel), then the blockwise fallback.
+    Off GPU/TPU, auto is dense XLA when the keys fit one block (blockwise would only be slower) and blockwise
+    beyond."""
     if implementation == "auto":
-        implementation = {"gpu": "cudnn", "tpu": "splash"}.get(platform, "xla" if kv_len <= block_size else "blockwise")
-    if implementation == "splash" and (q_len != kv_len or q_len % 128):
-        return "blockwise"  # the kernel tiles by 128 and wants self-attention (no cached prefix)
-    if implementation == "cudnn" and (platform != "gpu" or head_dim > 128 or head_dim % 8):
-        return "blockwise"
-    return implementation
+        fused = {"gpu": "cudnn", "tpu": "splash"}.get(platform)
+        if fused is None:
+            return ["xla" if kv_len <= block_size else "blockwise"]
+        return [fused, "blockwise"]
+    return [implementation, "blockwise"]
+
+
+def choose(implementation: str, q_len: int, kv_len: int, head_dim: int, *, dtype, platform: str | None = None,
+           block_size: int = 512) -> tuple[str, str | None]:
+    """(the kernel that runs, why the first candidate was passed over or None)."""
+    platform = platform or target_platform()
+    passed_over = None
+    for kernel in candidates(implementation, platform, kv_len, block_size):
+        problem = unmet_requirement(kernel, q_len=q_len, kv_len=kv_len, head_dim=head_dim, dtype=dtype,
+                                    platform=platform)
+        if problem is None:
+            return kernel, passed_over
+        passed_over = passed_over or problem
+    raise AssertionError("blockwise runs anything")  # unreachable: the last candidate has no requirement
+
+
+def resolve(implementation: str, q_len: int, kv_len: int, head_dim: int, *, dtype, platform: str | None = None,
+            block_size: int = 512) -> str:
+    """The kernel that will run for a requested implementation on this backend, dtype and these shapes."""
+    return choose(implementation, q_len, kv_len, head_dim, dtype=dtype, platform=platform, block_size=block_size)[0]
+
+
+def startup_kernel(implementation: str, *, length: int, head_dim: int, dtype, platform: str, block_size: int = 512,
+                   strict: bool = True) -> tuple[str, str | None]:
+    """(kernel, a note to print once or None) for a model's self-attention at `length`, checked before anything
+    compiles. An explicit request that cannot run here is one ConfigError sentence when `strict` (training: the
+    user can change the config) and a note otherwise (inference: the checkpoint's config asked for it); an
+    `auto` that falls back from the platform's fused kernel, or splash off TPU, is a note."""
+    from llada_jax.config import ConfigError
+
+    kernel, why = choose(implementation, length, length, head_dim, dtype=dtype, platform=platform,
+                         block_size=block_size)
+    if implementation not in ("auto", kernel):
+        if strict:
+            auto = resolve("auto", length, length, head_dim, dtype=dtype, platform=platform, block_size=block_size)
+            raise ConfigError(f"model.attention={implementation!r} cannot run here: {why}; set model.attention=auto "
+                              f"(it picks {auto} here) or another kernel")
+        return kernel, f"attention: the checkpoint asks for {implementation}, but {why}, so the {kernel} kernel runs"
+    if why is not None:
+        return kernel, f"attention: {why}, so the {kernel} kernel runs (model.attention=auto)"
+    if kernel == "splash" and platform != "tpu":
+        return kernel, f"attention: the splash kernel runs on {platform} in Pallas interpret mode (slow, for tests)"
+    return kernel, None
 
 
 def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool = False, implementation: str = "auto",
@@ -56,7 +125,7 @@ def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool = False, i
     are 1 for the first kv_lengths positions and 0 after (no packing), which the cuDNN path can exploit.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    impl = resolve(implementation, q.shape[1], k.shape[1], q.shape[-1], block_size=block_size)
+    impl = resolve(implementation, q.shape[1], k.shape[1], q.shape[-1], dtype=q.dtype, block_size=block_size)
     if impl == "xla":
         return reference_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale)
     if impl == "cudnn":

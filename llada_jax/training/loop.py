@@ -108,8 +108,10 @@ def start_session(config, workdir: epath.Path, quiet: bool) -> Session:
     log.print(
         f"model: {s.n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s) | corpus {info['train_tokens']:,} train / {info['eval_tokens']:,} "
-        f"eval tokens | unigram entropy {info['unigram_entropy']:.3f} nats/token"
+        f"eval tokens | unigram entropy {info['unigram_entropy']:.3f} nats/token | attention {trainer.attention_kernel}"
     )
+    if trainer.attention_note:
+        log.print(trainer.attention_note)
     return s
 
 

@@ -15,6 +15,7 @@ import optax
 
 from llada_jax import sharding
 from llada_jax.config import ModelConfig
+from llada_jax.models import attention
 from llada_jax.models import registry as model_lib
 from llada_jax.objectives import registry as objectives
 from llada_jax.training.optimizer import make_optimizer
@@ -27,6 +28,10 @@ class Trainer:
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
         self.model_cfg = ModelConfig.from_config(config.model)
+        m = self.model_cfg
+        self.attention_kernel, self.attention_note = attention.startup_kernel(
+            m.attention, length=config.train.seq_len, head_dim=m.head_dim, dtype=m.dtype,
+            platform=mesh.devices.flat[0].platform, block_size=m.attention_block)
         self.graphdef, abstract_params, self.param_names = model_lib.split_model(
             model_lib.abstract_model(self.model_cfg))
         self.tx, self.schedule = make_optimizer(config.optimizer, config.train.steps)
