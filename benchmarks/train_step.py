@@ -12,14 +12,17 @@ writes a jax.profiler trace of a few steps there (open it with TensorBoard or Pe
 import argparse
 import time
 
-import jax
-import numpy as np
+from llada_jax.utils import xla_flags
 
-from llada_jax import sharding
-from llada_jax.models import flops
-from llada_jax.utils import chips
-from llada_jax.config import ModelConfig, load_config, validate
-from llada_jax.training.trainer import Trainer
+xla_flags.apply_defaults()  # before JAX starts its backends
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from llada_jax import sharding  # noqa: E402
+from llada_jax.config import ModelConfig, load_config, validate  # noqa: E402
+from llada_jax.models import flops  # noqa: E402
+from llada_jax.training.trainer import Trainer  # noqa: E402
+from llada_jax.utils import chips  # noqa: E402
 
 
 def main():

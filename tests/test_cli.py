@@ -45,3 +45,22 @@ def test_bad_config_value_is_one_line_error_exit_2(tmp_path, capsys):
 def test_unknown_override_field_is_reported(tmp_path, capsys):
     assert main(["train", f"--config={TINY}", f"--workdir={tmp_path}", "--config.train.stepz=1"]) == 2
     assert "unknown config field 'train.stepz'" in capsys.readouterr().err
+
+
+def test_an_attention_kernel_that_cannot_run_here_is_one_line_before_training(tmp_path, capsys):
+    overrides = [f"--config.{o}" for o in SMALL_MODEL]
+    code = main(["train", f"--config={TINY}", f"--workdir={tmp_path}", *overrides, "--config.model.attention=cudnn"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "model.attention='cudnn' cannot run here: the cuDNN kernel runs on GPUs only, not on cpu" in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_xla_defaults_are_added_once_and_never_override_the_users_flags():
+    from llada_jax.utils import xla_flags
+
+    assert xla_flags.with_defaults("") == "--xla_gpu_enable_triton_gemm=false"
+    mine = "--xla_force_host_platform_device_count=8 --xla_gpu_enable_triton_gemm=true"
+    assert xla_flags.with_defaults(mine) == mine
+    once = xla_flags.with_defaults("--xla_dump_to=/tmp/x")
+    assert xla_flags.with_defaults(once) == once == "--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm=false"

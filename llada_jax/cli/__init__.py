@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from llada_jax.utils import compile_cache
+    from llada_jax.utils import compile_cache, xla_flags
 
+    xla_flags.apply_defaults()
     compile_cache.enable()
     try:
         return int(importlib.import_module(COMMANDS[args.command]).run(args, overrides) or 0)
