@@ -19,6 +19,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.n_kv_heads = 0  # 0: same as n_heads (multi-head attention, as in the released models)
     c.model.head_dim = 0  # 0: d_model // n_heads
     c.model.mlp_hidden = 1536
+    # Options of the architectures models are imported from (all off in LLaDA): RMSNorm over each head of q and k
+    # before RoPE (Qwen3, LLaDA-MoE, LLaDA2), biases on q/k/v (Qwen2), RoPE on only the first rotary_dim
+    # dimensions of each head (0: all; LLaDA2 rotates 64 of 128), and a head tied to the embedding table.
+    c.model.qk_norm = False
+    c.model.qkv_bias = False
+    c.model.rotary_dim = 0
+    c.model.tie_embeddings = False
     c.model.max_seq_len = 4096
     c.model.rope_theta = 500000.0
     c.model.rms_norm_eps = 1e-5

@@ -42,6 +42,10 @@ class ModelConfig:
     head_dim: int
     mlp_hidden: int
     family: str = "llada"
+    qk_norm: bool = False
+    qkv_bias: bool = False
+    rotary_dim: int = 0
+    tie_embeddings: bool = False
     max_seq_len: int = 4096
     rope_theta: float = 500000.0
     rms_norm_eps: float = 1e-5
@@ -73,6 +77,8 @@ class ModelConfig:
                     "change one of them or set model.head_dim explicitly"
                 )
             d["head_dim"] = d["d_model"] // d["n_heads"]
+        if not d.get("rotary_dim"):
+            d["rotary_dim"] = d["head_dim"]
         return cls(**d)
 
 
@@ -206,6 +212,9 @@ def validate_model(m) -> ModelConfig:
         )
     if mc.head_dim % 2:
         raise ConfigError(f"head_dim={mc.head_dim} is odd; rotary embeddings need an even head dimension")
+    if mc.rotary_dim % 2 or not 0 < mc.rotary_dim <= mc.head_dim:
+        raise ConfigError(f"model.rotary_dim={mc.rotary_dim} must be even and in (0, head_dim={mc.head_dim}] "
+                          "(0 rotates the whole head)")
     if mc.remat not in REMAT_POLICIES:
         raise ConfigError(f"model.remat={mc.remat!r} is not a known remat policy; use one of {REMAT_POLICIES}")
     if mc.attention not in ATTENTION_IMPLS:

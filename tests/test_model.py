@@ -1,10 +1,12 @@
 """The mask predictor: shapes, bidirectionality vs. causal, the spec's RMSNorm/RoPE, layer execution modes."""
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from llada_jax.models import layers
 from llada_jax.models import registry as M
@@ -174,3 +176,74 @@ def test_rope_makes_attention_relative():
         ck, sk = layers.rope_tables(jnp.array([[pk]]), 8, 500000.0)
         return float(jnp.sum(layers.apply_rope(q, cq, sq) * layers.apply_rope(k, ck, sk)))
     assert score(5, 2) == pytest.approx(score(13, 10), rel=1e-5)
+
+
+# ---------------------------------------------------------------- options of the architectures models come from
+
+def numpy_forward_layer0_qk(params, cfg, tokens):
+    """q and k of layer 0 after projection, bias, QK-norm and (partial) RoPE, in NumPy (float64)."""
+    b = params["blocks"]
+    x = np.asarray(params["wte"], np.float64)[np.asarray(tokens)]
+    rms = lambda v, w: v / np.sqrt(np.mean(v * v, -1, keepdims=True) + cfg.rms_norm_eps) * w  # noqa: E731
+    y = rms(x, np.asarray(b["attn_norm"][0], np.float64))
+    q = np.einsum("btd,dnh->btnh", y, np.asarray(b["q_proj"][0], np.float64))
+    k = np.einsum("btd,dkh->btkh", y, np.asarray(b["k_proj"][0], np.float64))
+    if cfg.qkv_bias:
+        q, k = q + np.asarray(b["q_bias"][0]), k + np.asarray(b["k_bias"][0])
+    if cfg.qk_norm:
+        q, k = rms(q, np.asarray(b["q_norm"][0], np.float64)), rms(k, np.asarray(b["k_norm"][0], np.float64))
+    r = cfg.rotary_dim
+    inv = cfg.rope_theta ** (-np.arange(0, r, 2) / r)
+    ang = np.arange(tokens.shape[1])[:, None] * inv
+    cos, sin = np.cos(np.concatenate([ang, ang], -1))[None, :, None], np.sin(np.concatenate([ang, ang], -1))[None, :, None]
+
+    def rope(v):
+        head, rest = v[..., :r], v[..., r:]
+        half = r // 2
+        rotated = np.concatenate([-head[..., half:], head[..., :half]], -1)
+        return np.concatenate([head * cos + rotated * sin, rest], -1)
+    return rope(q), rope(k)
+
+
+@pytest.mark.parametrize("options", [dict(qk_norm=True), dict(qkv_bias=True), dict(rotary_dim=4),
+                                     dict(qk_norm=True, qkv_bias=True, rotary_dim=4)])
+def test_qk_norm_qkv_bias_and_partial_rotary_match_a_numpy_transcription(options):
+    from llada_jax.models import self_attention
+
+    cfg = dataclasses.replace(CFG, **options)
+    params = M.init_params(cfg, 0)
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(3), a.shape), params)  # biases != 0
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 64)
+    layer0 = jax.tree.map(lambda a: a[0], params["blocks"])
+    y = layers.rms_norm(params["wte"][tokens], layer0["attn_norm"], cfg.rms_norm_eps)
+    layer = types.SimpleNamespace(**{name: jnp.asarray(v) for name, v in layer0.items()})  # params as attributes
+    q, k, _ = self_attention.project_qkv(layer, cfg, y)
+    cos, sin = layers.rope_tables(jnp.broadcast_to(jnp.arange(12), (2, 12)), cfg.rotary_dim, cfg.rope_theta)
+    q, k = self_attention.rotate(q, cos, sin), self_attention.rotate(k, cos, sin)
+    want_q, want_k = numpy_forward_layer0_qk(params, cfg, tokens)
+    np.testing.assert_allclose(q, want_q, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(k, want_k, atol=2e-5, rtol=1e-4)
+    assert np.isfinite(np.asarray(M.apply(M.graphdef(cfg), params, tokens))).all()
+
+
+def test_partial_rotary_leaves_the_other_dimensions_alone_and_full_rotary_is_the_default():
+    from llada_jax.models import self_attention
+
+    x = jax.random.normal(jax.random.key(0), (1, 5, 2, 8))
+    cos, sin = layers.rope_tables(jnp.arange(5)[None], 4, 10000.0)
+    out = self_attention.rotate(x, cos, sin)
+    np.testing.assert_array_equal(out[..., 4:], x[..., 4:])
+    np.testing.assert_allclose(out[..., :4], layers.apply_rope(x[..., :4], cos, sin))
+    assert ModelConfig.from_config(dict(vocab_size=8, d_model=32, n_layers=1, n_heads=4, mlp_hidden=8)).rotary_dim == 8
+
+
+def test_tied_embeddings_use_the_table_as_the_head_and_train_it_through_both_uses(tokens):
+    cfg = dataclasses.replace(CFG, tie_embeddings=True)
+    params = M.init_params(cfg, 0)
+    assert "ff_out" not in params and "ff_out" in params["blocks"]
+    graphdef = M.graphdef(cfg)
+    logits = M.apply(graphdef, params, tokens)
+    hidden = nnx.merge(graphdef, params).hidden_states(tokens)[0]
+    np.testing.assert_allclose(logits, np.einsum("btd,vd->btv", hidden, params["wte"]), atol=1e-5)
+    grad = jax.grad(lambda p: M.apply(graphdef, p, tokens)[..., 5].sum())(params)
+    assert np.abs(np.asarray(grad["wte"][5])).sum() > 0  # the head's column 5 is the table's row 5

@@ -70,10 +70,12 @@ def test_params_are_created_sharded_over_fsdp_and_tensor():
     assert {s.data.shape for s in mu.addressable_shards} == {(2, 8, 32)}
 
 
-def test_sharded_step_equals_single_device_step():
-    config = small_config("mesh.fsdp=4", "mesh.tensor=2", "train.random_length_fraction=0.5")
+@pytest.mark.parametrize("options", [(), ("model.qk_norm=True", "model.qkv_bias=True", "model.rotary_dim=4",
+                                         "model.tie_embeddings=True")], ids=["llada", "imported-architecture-options"])
+def test_sharded_step_equals_single_device_step(options):
+    config = small_config("mesh.fsdp=4", "mesh.tensor=2", "train.random_length_fraction=0.5", *options)
     _, s8, l8 = run_steps(config, sharding.make_mesh(config.mesh))
-    config1 = small_config("train.random_length_fraction=0.5")
+    config1 = small_config("train.random_length_fraction=0.5", *options)
     _, s1, l1 = run_steps(config1, one_device_mesh())
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):

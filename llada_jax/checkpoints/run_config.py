@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from llada_jax.config import ConfigError
+from llada_jax.config import ConfigError, ModelConfig
+
+# model fields that decide which params exist and their shapes
+SHAPE_FIELDS = ("family", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
+                "qk_norm", "qkv_bias", "tie_embeddings")
 
 SCHEDULE_FIELDS = ("train.steps", "train.global_batch_size", "train.seq_len", "train.objective", "optimizer.lr",
                    "optimizer.schedule", "optimizer.warmup_steps", "optimizer.final_ratio", "optimizer.wsd_drop_at",
@@ -23,9 +27,11 @@ def schedule_changes(saved: ml_collections.ConfigDict, config: ml_collections.Co
 
 
 def check_model_matches(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, where) -> None:
-    """Stops with one sentence when a checkpoint's model shape differs from the config's."""
-    for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden"):
-        a, b = saved.model.get(field), config.model.get(field)
+    """Stops with one sentence when a checkpoint's model shape differs from the config's. Fields a checkpoint
+    predates count as their defaults (a checkpoint without `family` is a dense LLaDA model)."""
+    ours, theirs = ModelConfig.from_config(config.model), ModelConfig.from_config(saved.model)
+    for field in SHAPE_FIELDS:
+        a, b = getattr(theirs, field), getattr(ours, field)
         if a != b:
             raise ConfigError(
                 f"the checkpoint in {where} has model.{field}={a} but the config has model.{field}={b}; "

@@ -1,7 +1,8 @@
 """The checkpoint-format registry: which Hugging Face format a model exports to and a config.json imports from.
 
 A format is a module with NAME, MODEL_TYPE, LAYER_NAMES / LAYER_PREFIX / TOP_NAMES (our param keys -> its
-tensor names), `hf_config(model_config, torch_dtype)` and `model_fields(hf_config_dict)`. A new format (a new
+tensor names), OPTIONS (the optional model features it can carry, of `model_options`), `hf_config(model_config,
+torch_dtype)` and `model_fields(hf_config_dict)`. A new format (a new
 model family's official release) is one module and one entry here.
 """
 from __future__ import annotations
@@ -25,3 +26,18 @@ def for_hf_config(hf: dict):
             return fmt
     known = " or ".join(repr(f.MODEL_TYPE) for f in FORMATS.values())
     raise ConfigError(f"config.json has model_type={kind!r}; llada_jax imports {known} checkpoints")
+
+
+def model_options(cfg: ModelConfig) -> set[str]:
+    """The optional architecture features a model uses (a format must carry each of them to export it)."""
+    used = {"qk_norm": cfg.qk_norm, "qkv_bias": cfg.qkv_bias, "tie_embeddings": cfg.tie_embeddings,
+            "partial_rotary": cfg.rotary_dim != cfg.head_dim}
+    return {name for name, on in used.items() if on}
+
+
+def check_representable(fmt, cfg: ModelConfig) -> None:
+    """One sentence when the model uses a feature the format has no field or tensor for."""
+    missing = sorted(model_options(cfg) - set(fmt.OPTIONS))
+    if missing:
+        raise ConfigError(f"the {fmt.NAME} format cannot hold a model with {', '.join(missing)}; this model "
+                          f"cannot be exported to it")

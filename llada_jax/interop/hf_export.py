@@ -38,6 +38,7 @@ def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard
     config = locate.read_config(source)
     cfg = ModelConfig.from_config(config.model)
     fmt = formats.for_model(cfg)
+    formats.check_representable(fmt, cfg)
     hf = fmt.hf_config(cfg, dtype)  # refuses unrepresentable shapes before anything is written
     np_dtype = np.dtype(safetensors_io.DTYPES[DTYPES[dtype]])
     plan = planned_tensors(cfg, param_shapes(cfg), fmt)

@@ -9,6 +9,7 @@ from llada_jax.config import ConfigError, ModelConfig
 
 NAME = "llada"
 MODEL_TYPE = "llada"
+OPTIONS = ()  # none of formats.model_options: a plain LLaMA-style block
 
 # our per-layer key -> its name inside a layer
 LAYER_NAMES = {"attn_norm": "attn_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",

@@ -7,6 +7,7 @@ from llada_jax.interop.llada_format import first_id
 
 NAME = "llama"
 MODEL_TYPE = "llama"
+OPTIONS = ()  # none of formats.model_options
 
 LAYER_NAMES = {"attn_norm": "input_layernorm", "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
                "v_proj": "self_attn.v_proj", "attn_out": "self_attn.o_proj", "ff_norm": "post_attention_layernorm",

@@ -13,19 +13,22 @@ from llada_jax.config import ModelConfig
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters by kind; `matmul` is N of the FLOPs formula (no norm weights, biases or embedding lookup; a
+    tied head is the embedding table used as a matmul, counted there and once in `total`)."""
     d, f, hd = cfg.d_model, cfg.mlp_hidden, cfg.head_dim
     attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2  # q, out; k, v
     mlp = 3 * d * f
-    per_layer = attn + mlp + 2 * d  # two RMSNorm weights
+    vectors = 2 * d + (cfg.n_heads + 2 * cfg.n_kv_heads) * hd * cfg.qkv_bias + 2 * hd * cfg.qk_norm
+    per_layer = attn + mlp + vectors
     embedding = cfg.vocab_size * d
     head = d * cfg.vocab_size
     non_embedding = cfg.n_layers * per_layer + d + head
-    return {"total": non_embedding + embedding, "non_embedding": non_embedding, "embedding": embedding,
-            "per_layer": per_layer}
+    total = non_embedding + embedding - (head if cfg.tie_embeddings else 0)
+    return {"total": total, "non_embedding": non_embedding, "embedding": embedding, "per_layer": per_layer,
+            "matmul": cfg.n_layers * (attn + mlp) + head}
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward); see the module docstring for the formula."""
-    n = param_counts(cfg)
-    matmul_params = n["non_embedding"] - cfg.n_layers * 2 * cfg.d_model - cfg.d_model  # norms do no matmuls
+    matmul_params = param_counts(cfg)["matmul"]
     return 6.0 * matmul_params + 12.0 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim

@@ -18,9 +18,9 @@ from jax.ad_checkpoint import checkpoint_name
 
 from llada_jax import sharding
 from llada_jax.config import ModelConfig
-from llada_jax.models.attention import attention
-from llada_jax.models.layers import apply_rope, param, rms_norm, rope_tables, swiglu
+from llada_jax.models.layers import param, rms_norm, rope_tables, swiglu
 from llada_jax.models.output_head import HeadOutput, project
+from llada_jax.models.self_attention import attention_sublayer, init_attention
 
 # Names of the per-layer tensors remat policies can keep (jax.ad_checkpoint.checkpoint_name tags below).
 PROJECTIONS = ("query", "key", "value", "attn_mixed", "attn_output", "mlp_gate", "mlp_up", "mlp_output")
@@ -48,55 +48,29 @@ def remat_policy(name: str):
 
 
 class Block(nnx.Module):
-    """One pre-norm Transformer layer; attribute names are the official checkpoint's."""
+    """One pre-norm Transformer layer (attention, then the SwiGLU MLP); attribute names are the official
+    checkpoint's."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        d, n, k, h, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_hidden
+        d, f = cfg.d_model, cfg.mlp_hidden
         pdt = jnp.dtype(cfg.param_dtype)
-        std = cfg.init_std
-        out_std = std / (2 * cfg.n_layers) ** 0.5  # residual-branch outputs scaled down with depth
-        self.attn_norm = nnx.Param(jnp.ones((d,), pdt), sharding_names=("norm",))
-        self.q_proj = param(rngs, (d, n, h), std, pdt, ("embed", "heads", "head_dim"))
-        self.k_proj = param(rngs, (d, k, h), std, pdt, ("embed", "kv_heads", "head_dim"))
-        self.v_proj = param(rngs, (d, k, h), std, pdt, ("embed", "kv_heads", "head_dim"))
-        self.attn_out = param(rngs, (n, h, d), out_std, pdt, ("heads", "head_dim", "embed"))
+        out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # residual-branch outputs scaled down with depth
+        init_attention(self, cfg, rngs, out_std)
         self.ff_norm = nnx.Param(jnp.ones((d,), pdt), sharding_names=("norm",))
-        self.ff_proj = param(rngs, (d, f), std, pdt, ("embed", "mlp"))
-        self.up_proj = param(rngs, (d, f), std, pdt, ("embed", "mlp"))
+        self.ff_proj = param(rngs, (d, f), cfg.init_std, pdt, ("embed", "mlp"))
+        self.up_proj = param(rngs, (d, f), cfg.init_std, pdt, ("embed", "mlp"))
         self.ff_out = param(rngs, (f, d), out_std, pdt, ("mlp", "embed"))
 
     def __call__(self, x, cos, sin, segments, cache_kv=None, window_start=None):
-        """x [B, T, d] -> (x, (k, v)). `segments` is (query ids, key ids, kv_lengths or None) for attention.
-        With `cache_kv` (keys/values of a whole sequence, RoPE applied) x is a window of that sequence starting
-        at column `window_start`: its fresh keys/values overwrite the cache's there and it attends to the
-        result (the sampler's prefix and dual caches). Params arrive already cast to the compute dtype
-        (Transformer casts once)."""
+        """x [B, T, d] -> (x, (k, v)); see self_attention.attention_sublayer for the cache arguments. Params
+        arrive already cast to the compute dtype (Transformer casts once)."""
         cfg = self.cfg
-        dt = x.dtype
-        w = lambda p: p[...].astype(dt)  # noqa: E731  (a no-op after the model-level cast)
-
-        y = rms_norm(x, w(self.attn_norm), cfg.rms_norm_eps)
-        q = checkpoint_name(jnp.einsum("btd,dnh->btnh", y, w(self.q_proj)), "query")
-        k = checkpoint_name(jnp.einsum("btd,dkh->btkh", y, w(self.k_proj)), "key")
-        v = checkpoint_name(jnp.einsum("btd,dkh->btkh", y, w(self.v_proj)), "value")
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
-        keys, values = k, v
-        if cache_kv is not None:
-            keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(dt), k, window_start, axis=1)
-            values = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(dt), v, window_start, axis=1)
-        q_ids, kv_ids, kv_lengths = segments
-        mixed = attention(q, keys, values, q_segment_ids=q_ids, kv_segment_ids=kv_ids,
-                          causal=cfg.causal, implementation=cfg.attention, scale=cfg.head_dim ** -0.5,
-                          kv_lengths=kv_lengths if cache_kv is None else None, block_size=cfg.attention_block)
-        mixed = checkpoint_name(mixed, "attn_mixed")
-        attn = checkpoint_name(jnp.einsum("btnh,nhd->btd", mixed, w(self.attn_out)), "attn_output")
-        x = sharding.constrain(x + attn, ("batch", "length", "act_embed"))
-
+        x, kv = attention_sublayer(self, cfg, x, cos, sin, segments, cache_kv, window_start)
+        w = lambda p: p[...].astype(x.dtype)  # noqa: E731  (a no-op after the model-level cast)
         y = rms_norm(x, w(self.ff_norm), cfg.rms_norm_eps)
         out = swiglu(y, w(self.ff_proj), w(self.up_proj), w(self.ff_out))
-        return sharding.constrain(x + out, ("batch", "length", "act_embed")), (k, v)
+        return sharding.constrain(x + out, ("batch", "length", "act_embed")), kv
 
 
 class Transformer(nnx.Module):
@@ -116,7 +90,8 @@ class Transformer(nnx.Module):
 
             self.blocks = make_blocks(rngs)
             self.ln_f = nnx.Param(jnp.ones((cfg.d_model,), pdt), sharding_names=("norm",))
-            self.ff_out = param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, pdt, ("embed", "vocab"))
+            if not cfg.tie_embeddings:  # tied: the head is the embedding table's transpose (Qwen2's small models)
+                self.ff_out = param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, pdt, ("embed", "vocab"))
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, *, cache_kv=None, cache_segment_ids=None,
@@ -132,15 +107,19 @@ class Transformer(nnx.Module):
         """
         x, kv = self.hidden_states(tokens, positions, segment_ids, cache_kv=cache_kv,
                                    cache_segment_ids=cache_segment_ids, window_start=window_start, lengths=lengths)
-        logits = project(x, self.ff_out[...])
+        logits = project(x, self.head_weight())
         return (logits, kv) if return_kv else logits
+
+    def head_weight(self) -> jax.Array:
+        """The output projection [d, V] (float32 master weights; cast per use)."""
+        return self.wte[...].T if self.cfg.tie_embeddings else self.ff_out[...]
 
     def head(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
              lengths: jax.Array | None = None) -> HeadOutput:
         """The training output: final hidden states plus head weight; losses compute logits chunk by chunk."""
         x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths)
         # the f32 weight goes in (cast per chunk), so its gradient is summed over chunks in f32
-        return HeadOutput(x, self.ff_out[...], self.cfg.loss_chunk_tokens)
+        return HeadOutput(x, self.head_weight(), self.cfg.loss_chunk_tokens)
 
     def hidden_states(self, tokens, positions=None, segment_ids=None, *, cache_kv=None, cache_segment_ids=None,
                       window_start=None, lengths=None):
@@ -149,7 +128,7 @@ class Transformer(nnx.Module):
         dt = jnp.dtype(cfg.dtype)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_tables(positions, cfg.rotary_dim, cfg.rope_theta)
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
             lengths = jnp.full(tokens.shape[:1], tokens.shape[1]) if lengths is None else lengths

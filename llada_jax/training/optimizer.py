@@ -48,8 +48,8 @@ def make_optimizer(opt_cfg, total_steps: int):
 
 
 def _decay_mask(params):
-    """Weight decay on projection and embedding matrices; RMSNorm weights are exempt."""
+    """Weight decay on projection and embedding matrices; RMSNorm weights and biases are exempt."""
     def decays(path, _):
         name = getattr(path[-1], "key", "")
-        return not (name.endswith("_norm") or name == "ln_f")
+        return not (name.endswith(("_norm", "_bias")) or name == "ln_f")
     return jax.tree_util.tree_map_with_path(decays, params)
