@@ -9,7 +9,7 @@ import pytest
 
 from helpers import all_avals
 from llada_jax.objectives import losses, masking
-from llada_jax.models import output_head
+from llada_jax.models import head_loss, output_head
 from llada_jax.models import registry as M
 from llada_jax.config import ModelConfig
 
@@ -65,9 +65,32 @@ def test_token_scores_match_numpy_log_softmax():
     logits = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
     want_ce = -np.take_along_axis(logp, np.asarray(y)[..., None], -1)[..., 0]
-    got = output_head.chunked_scores(h, w, y, chunk_len=3)
+    weights = jax.random.uniform(jax.random.key(4), (2, 7))
+    total, got = head_loss.weighted_ce(output_head.HeadOutput(h, w, chunk_tokens=6), y, weights)  # chunks of 3
     np.testing.assert_allclose(got.ce, want_ce, rtol=1e-5)
     np.testing.assert_array_equal(got.correct, logits.argmax(-1) == np.asarray(y))
+    np.testing.assert_allclose(total, np.sum(want_ce * np.asarray(weights)), rtol=1e-5)
+
+
+def head_matmuls(jaxpr, vocab: int) -> int:
+    """dot_generals with a vocabulary-sized operand or result, nested jaxprs included."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shapes = [v.aval.shape for v in list(eqn.invars) + list(eqn.outvars)]
+            count += any(vocab in shape for shape in shapes)
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            count += head_matmuls(sub, vocab)
+    return count
+
+
+def test_the_training_head_costs_three_matmuls_not_four(setup):
+    """Logits, d(hidden) and d(weight), each once: the backward pass recomputes no logits (issue 25's head)."""
+    params, tokens, noisy, masked, p = setup
+    graphdef = M.split_model(M.abstract_model(CFG))[0]
+    loss = lambda q: losses.pretrain_loss(M.apply_head(graphdef, q, noisy), tokens, masked, p)[0]  # noqa: E731
+    assert head_matmuls(jax.make_jaxpr(jax.grad(loss))(params).jaxpr, CFG.vocab_size) == 3
+    assert head_matmuls(jax.make_jaxpr(loss)(params).jaxpr, CFG.vocab_size) == 1  # eval: the loss alone
 
 
 def test_gradient_pass_never_holds_full_logits(setup):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from llada_jax.models.output_head import token_scores
+from llada_jax.models.head_loss import weighted_ce
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -25,14 +25,15 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def _weighted_masked_loss(logits, targets, masked, p, normaliser):
     """(sum_b [sum_i masked_bi * CE_bi / p_b / normaliser_b], rows with normaliser_b > 0, accuracy counts).
 
-    `logits` is a [B, T, V] array or the model's output_head.HeadOutput (chunked, no [B, T, V] array)."""
-    ce, hits = token_scores(logits, targets)
+    `logits` is a [B, T, V] array or the model's output_head.HeadOutput (chunked, no [B, T, V] array; its
+    gradient is formed in the same pass as the loss, head_loss.py)."""
     maskf = masked.astype(jnp.float32)
     normaliser = normaliser.astype(jnp.float32)
-    per_seq = jnp.sum(ce * maskf, axis=-1) / p / jnp.maximum(normaliser, 1.0)
+    weights = maskf / p[:, None] / jnp.maximum(normaliser, 1.0)[:, None]
+    total, (ce, hits) = weighted_ce(logits, targets, weights)
     correct = hits.astype(jnp.float32) * maskf
     aux = {"masked_correct": jnp.sum(correct), "masked_tokens": jnp.sum(maskf), "masked_ce_sum": jnp.sum(ce * maskf)}
-    return jnp.sum(per_seq), jnp.sum((normaliser > 0).astype(jnp.float32)), aux
+    return total, jnp.sum((normaliser > 0).astype(jnp.float32)), aux
 
 
 def pretrain_loss(logits, targets, masked, p, lengths=None):
@@ -58,11 +59,14 @@ def ar_loss(logits, tokens, valid=None):
     hold different numbers of real tokens: the step divides once, by the whole batch's count.
     """
     next_tokens = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
-    ce, hits = (x[:, :-1] for x in token_scores(logits, next_tokens))
-    w = jnp.ones_like(ce) if valid is None else (valid[:, 1:] & valid[:, :-1]).astype(jnp.float32)
+    w = jnp.ones(tokens.shape, jnp.float32) if valid is None else (valid[:, 1:] & valid[:, :-1]).astype(jnp.float32)
+    if valid is None:
+        w = w[:, 1:]
+    w = jnp.pad(w, ((0, 0), (0, 1)))  # the last position predicts nothing
+    total, (ce, hits) = weighted_ce(logits, next_tokens, w)
     correct = hits.astype(jnp.float32) * w
     aux = {"masked_correct": jnp.sum(correct), "masked_tokens": jnp.sum(w), "masked_ce_sum": jnp.sum(ce * w)}
-    return jnp.sum(ce * w), jnp.sum(w), aux
+    return total, jnp.sum(w), aux
 
 
 def mean_loss(total, weight):
