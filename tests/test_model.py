@@ -219,7 +219,7 @@ def test_qk_norm_qkv_bias_and_partial_rotary_match_a_numpy_transcription(options
     layer = types.SimpleNamespace(**{name: jnp.asarray(v) for name, v in layer0.items()})  # params as attributes
     q, k, _ = self_attention.project_qkv(layer, cfg, y)
     cos, sin = layers.rope_tables(jnp.broadcast_to(jnp.arange(12), (2, 12)), cfg.rotary_dim, cfg.rope_theta)
-    q, k = self_attention.rotate(q, cos, sin), self_attention.rotate(k, cos, sin)
+    q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
     want_q, want_k = numpy_forward_layer0_qk(params, cfg, tokens)
     np.testing.assert_allclose(q, want_q, atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(k, want_k, atol=2e-5, rtol=1e-4)
@@ -227,13 +227,15 @@ def test_qk_norm_qkv_bias_and_partial_rotary_match_a_numpy_transcription(options
 
 
 def test_partial_rotary_leaves_the_other_dimensions_alone_and_full_rotary_is_the_default():
-    from llada_jax.models import self_attention
-
     x = jax.random.normal(jax.random.key(0), (1, 5, 2, 8))
     cos, sin = layers.rope_tables(jnp.arange(5)[None], 4, 10000.0)
-    out = self_attention.rotate(x, cos, sin)
+    out = layers.apply_rope(x, cos, sin)
     np.testing.assert_array_equal(out[..., 4:], x[..., 4:])
     np.testing.assert_allclose(out[..., :4], layers.apply_rope(x[..., :4], cos, sin))
+    dy = jax.random.normal(jax.random.key(1), x.shape)  # the backward is the inverse rotation, pass-through kept
+    grad = jax.vjp(lambda v: layers.apply_rope(v, cos, sin), x)[1](dy)[0]
+    np.testing.assert_allclose(grad, jax.vjp(lambda v: jnp.concatenate(
+        [layers.apply_rope(v[..., :4], cos, sin), v[..., 4:]], -1), x)[1](dy)[0], atol=1e-6)
     assert ModelConfig.from_config(dict(vocab_size=8, d_model=32, n_layers=1, n_heads=4, mlp_hidden=8)).rotary_dim == 8
 
 

@@ -38,14 +38,6 @@ def init_attention(layer: nnx.Module, cfg: ModelConfig, rngs: nnx.Rngs, out_std:
         layer.k_norm = nnx.Param(jnp.ones((h,), pdt), sharding_names=("head_dim",))
 
 
-def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """RoPE on the first cos.shape[-1] dimensions of each head; the rest pass through (partial rotary)."""
-    r = cos.shape[-1]
-    if r == x.shape[-1]:
-        return apply_rope(x, cos, sin)
-    return jnp.concatenate([apply_rope(x[..., :r], cos, sin), x[..., r:]], axis=-1)
-
-
 def project_qkv(layer, cfg: ModelConfig, y: jax.Array):
     """(q [B, T, N, H], k, v [B, T, K, H]) before RoPE, with the optional biases and QK-norm applied."""
     dt = y.dtype
@@ -67,7 +59,7 @@ def attention_sublayer(layer, cfg: ModelConfig, x, cos, sin, segments, cache_kv=
     dt = x.dtype
     y = rms_norm(x, layer.attn_norm[...].astype(dt), cfg.rms_norm_eps)
     q, k, v = project_qkv(layer, cfg, y)
-    q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # on the first rotary_dim dims of each head
     q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
     keys, values = k, v
     if cache_kv is not None:
