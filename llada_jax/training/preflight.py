@@ -12,6 +12,7 @@ import jax
 
 from llada_jax import sharding
 from llada_jax.config import ConfigError, validate
+from llada_jax.training import cost_model as cost_model_lib
 from llada_jax.training.trainer import Trainer
 from llada_jax.utils.chips import TPU_HBM_BYTES
 
@@ -45,11 +46,14 @@ def device_memory_limit(device) -> int | None:
     return None
 
 
-def analyse(config, devices=None) -> dict:
+def analyse(config, devices=None, *, cost_model: bool = False) -> dict:
+    """The memory report; with `cost_model`, also XLA's modeled step time, bytes and MFU (cost_model.py: two
+    more compiles of 1 and 2 unrolled layers)."""
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices))
     mesh = sharding.make_mesh(config.mesh, devices)
-    compiled = compile_or_explain(Trainer(config, mesh))
+    trainer = Trainer(config, mesh)
+    compiled = compile_or_explain(trainer)
     mem = compiled.memory_analysis()
     t = config.train
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -72,6 +76,9 @@ def analyse(config, devices=None) -> dict:
     report["temp_bytes_per_token"] = report["temp_bytes"] / tokens_per_device
     report["device_limit_bytes"] = device_memory_limit(devices[0])
     report["max_sequences_per_device"] = max_sequences(report, t.grad_accum_steps)
+    report["attention_kernel"] = trainer.attention_kernel
+    if cost_model:
+        report.update(cost_model_lib.modeled_step(config, mesh, lambda c, m: compile_or_explain(Trainer(c, m))))
     return report
 
 
@@ -118,4 +125,5 @@ def format_report(r: dict) -> str:
                      "(linear in the temporaries)")
     else:
         lines.append("device memory      unknown for this device (no runtime limit): largest batch not estimated")
-    return "\n".join(lines)
+    lines.append(f"attention kernel   {r['attention_kernel']}")
+    return "\n".join(lines + cost_model_lib.format_lines(r))
