@@ -14,15 +14,16 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from etils import epath
 
 from llada_jax import cli, sharding
-from llada_jax.checkpoints import failures, params_export as exports, run_checkpointer
+from llada_jax.checkpoints import failures, params_export as exports, run_checkpointer, verify
 from llada_jax.training import loop
 from llada_jax.utils import output_dirs
-from llada_jax.config import ConfigError
+from llada_jax.config import ConfigError, load_config
 from llada_jax.data import prepare, records
 from llada_jax.data.vocab import ByteVocabulary
 from llada_jax.training.trainer import Trainer
@@ -154,6 +155,54 @@ def test_an_update_that_would_make_params_non_finite_is_skipped():
     new, metrics = trainer.step(state, sharding.global_batch({"tokens": np.full((8, 16), 5, np.int32)}, mesh))
     assert int(metrics["skipped"]) == 1 and np.isfinite(float(metrics["grad_norm"]))
     np.testing.assert_array_equal(np.asarray(new.params["wte"]), before)
+
+
+def _flip_sign_in_place(step_dir, array="blocks.q_proj"):
+    """Rewrites one params array of a saved step with its sign flipped, through TensorStore (as a tool or a bad
+    copy would): the checkpoint stays readable, only the values changed."""
+    import tensorstore as ts
+
+    spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{step_dir}/params/",
+                                          "path": f"{array}/"}}
+    store = ts.open(spec).result()
+    store.write(-store.read().result()).result()
+
+
+def test_a_sign_flipped_parameter_is_caught_on_restore_and_the_run_falls_back(run_copy, capsys):
+    """The probe's silent-wrong trial: sum |x| cannot see a sign flip, so the old checksums let step 4 restore."""
+    _flip_sign_in_place(run_copy / "checkpoints" / "4")
+    summary = loop.run(small_config(*EVERY_STEP, "train.steps=5"), run_copy)
+    out = capsys.readouterr().out
+    assert ("checkpoint step 4 is unusable (its data does not match the digests written with it "
+            "(params/blocks/q_proj changed)); resuming from step 3") in out
+    assert summary["step"] == 5 and (run_copy / "checkpoints" / "unusable-step-4").is_dir()
+
+
+def _digest_of(tree):
+    return verify.state_digests(tree, {})[0]["params/w"]
+
+
+def test_the_digest_sees_every_changed_value_and_not_the_mesh():
+    """A sign flip, two swapped values and a change that keeps the sum all change the digest (sum |x| misses the
+    first two and the old tolerance the third); a resharded copy keeps it bit for bit."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    w = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32)
+    want = _digest_of({"w": w})
+    mesh = jax.make_mesh((4, 2), ("a", "b"))
+    for spec in (PartitionSpec("a", "b"), PartitionSpec("b", None), PartitionSpec()):
+        assert _digest_of({"w": jax.device_put(w, NamedSharding(mesh, spec))}) == want
+    flipped, swapped, shifted = w.copy(), w.copy(), w.copy()
+    flipped[7, 3] = -flipped[7, 3]
+    swapped[0, 0], swapped[9, 40] = w[9, 40], w[0, 0]
+    shifted[1, 1] += 0.25
+    shifted[2, 2] -= 0.25
+    for changed in (flipped, swapped, shifted, -w):
+        assert _digest_of({"w": changed}) != want
+    assert verify.checksums({"w": -w}, {}) == verify.checksums({"w": w}, {})  # what the old checksums saw
+    for dtype in (jnp.bfloat16, np.int32):  # every dtype is hashed by its bits
+        assert _digest_of({"w": w.astype(dtype)}) != _digest_of({"w": (w + 1).astype(dtype)})
+    assert verify.state_digests({"w": np.full((3,), np.inf, np.float32)}, {})[1] is False
 
 
 # ---------------------------------------------------------------- full disk during a background save

@@ -1,6 +1,7 @@
 """A training run's checkpoints: when to save, async saves that fail loudly, and exact resume.
 
-Each step folder holds params, opt_state, meta (step, data-iterator state, checksums) and the run config;
+Each step folder holds params, opt_state, meta (step, data-iterator state, a digest of every array) and the run
+config;
 retention is rotation.py, resume is restore.py, verification is verify.py.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from llada_jax.checkpoints import restore, rotation
 from llada_jax.checkpoints.failures import CheckpointWriteError, deadline, write_failure
 from llada_jax.checkpoints.locate import PARAMS_ITEM, as_path
 from llada_jax.checkpoints.multihost import agreed_by_process_0
-from llada_jax.checkpoints.verify import finite, checksums
+from llada_jax.checkpoints.verify import DIGEST_FIELD, state_digests
 
 
 class RunCheckpointer:
@@ -70,10 +71,10 @@ class RunCheckpointer:
         """Starts (async) or does (sync) a save; returns the seconds the step loop was blocked, or None when the
         state holds non-finite values and nothing was saved (a bad state must never rotate out a good one)."""
         start = time.perf_counter()
-        sums = checksums(state.params, state.opt_state)
-        if not all(map(finite, sums)):
+        digests, finite = state_digests(state.params, state.opt_state)
+        if not finite:
             return None
-        meta = {"step": int(step), "data": data_state, "process_count": jax.process_count(), "checksums": sums}
+        meta = {"step": int(step), "data": data_state, "process_count": jax.process_count(), DIGEST_FIELD: digests}
         self.wait()  # the previous save must be complete (and known good) before another one may rotate steps out
         try:
             with deadline(self.timeout_s, f"the checkpoint save of step {step}"):
