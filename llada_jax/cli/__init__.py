@@ -72,15 +72,26 @@ def main(argv=None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from llada_jax.utils import compile_cache, xla_flags
+    from llada_jax.utils import compile_cache, library_noise, xla_flags
 
     xla_flags.apply_defaults()
     compile_cache.enable()
+    library_noise.install()  # a failed checkpoint read or write is one sentence, not the storage library's traces
     try:
         return int(importlib.import_module(COMMANDS[args.command]).run(args, overrides) or 0)
     except ConfigError as e:
-        print(f"llada-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _say(args.command, e)
+    except OSError as e:  # the machine said no (disk full, read-only, no permission): one sentence, no traceback
+        from llada_jax.utils.errors import ENVIRONMENT_ERRNOS, environment_sentence
+
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        return _say(args.command, environment_sentence(e))
+
+
+def _say(command: str, error) -> int:
+    print(f"llada-jax {command}: error: {error}", file=sys.stderr)
+    return 2
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

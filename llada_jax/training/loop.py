@@ -29,7 +29,10 @@ from llada_jax.training.metrics import MetricsWriter
 from llada_jax.training.preemption import PreemptionWatcher
 from llada_jax.training.trainer import Trainer
 from llada_jax.training.workdir_lock import WorkdirLock, make_workdir
+from llada_jax.utils import library_noise
 from llada_jax.utils.progress import Progress, fmt_time
+
+STORAGE_LOG = "storage-errors.log"  # Orbax's and TensorStore's own messages when a checkpoint write or read fails
 
 
 def count_params(abstract_params) -> int:
@@ -284,6 +287,7 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None, 
     try:
         validate(config, jax.device_count())
         workdir = make_workdir(workdir)
+        library_noise.log_to(None if "://" in str(workdir) else workdir / STORAGE_LOG)
         with WorkdirLock(workdir, active=jax.process_index() == 0, log=print):
             s = start_session(config, workdir, quiet)
             try:
@@ -292,6 +296,7 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None, 
                 s.ckpt.close()
     finally:
         watcher.restore()
+        library_noise.log_to(None)
 
 
 def train_session(s: Session, watcher: PreemptionWatcher, stop_after: int | None) -> dict:
