@@ -54,8 +54,7 @@ def skip_absent_tpu(environ=os.environ) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not (argv and argv[0] == "preflight"):  # preflight --topology compiles for TPU through libtpu
-        skip_absent_tpu()
+    skip_absent_tpu()  # preflight --topology still compiles for TPU through libtpu on the CPU platform
     parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LMs in JAX.",
                                      epilog="`llada-jax COMMAND --help` lists a command's flags and their defaults.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")

@@ -30,7 +30,7 @@ from llada_jax.training.preemption import PreemptionWatcher
 from llada_jax.training.trainer import Trainer
 from llada_jax.training.workdir_lock import WorkdirLock, make_workdir
 from llada_jax.utils import library_noise
-from llada_jax.utils.progress import Progress, fmt_time
+from llada_jax.utils.progress import Progress, fmt_time, heartbeat
 
 STORAGE_LOG = "storage-errors.log"  # Orbax's and TensorStore's own messages when a checkpoint write or read fails
 
@@ -166,7 +166,8 @@ def train_one_step(s: Session, step: int) -> int:
     done = step + 1
     if step == s.start_step:
         s.log.print("compiling the train step (the first step waits for it) ...")
-        s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch))
+        with heartbeat("still compiling the train step", s.log.print):  # big models compile for minutes
+            s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch))
         s.log.print(f"compiled and ran step {done} in {time.perf_counter() - s.started:.1f} s")
         s.clock = (time.perf_counter(), done)  # tokens/s counts the steps after compiling
     else:
