@@ -8,6 +8,7 @@ import argparse
 import glob
 import importlib
 import importlib.util
+import math
 import os
 import sys
 
@@ -71,6 +72,10 @@ def main(argv=None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        check_finite_flags(sub.choices[args.command], args)
+    except ConfigError as e:
+        return _say(args.command, e)
     from llada_jax.utils import compile_cache, library_noise, xla_flags
 
     xla_flags.apply_defaults()
@@ -91,6 +96,19 @@ def main(argv=None) -> int:
 def _say(command: str, error) -> int:
     print(f"llada-jax {command}: error: {error}", file=sys.stderr)
     return 2
+
+
+def check_finite_flags(parser: argparse.ArgumentParser, args) -> None:
+    """Every float flag of every command refuses NaN and infinity (argparse's float() accepts both), as config
+    fields do: `--temperature=nan` would otherwise decode as if it were 0."""
+    actions = list(parser._actions)
+    for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+        chosen = sub.choices.get(getattr(args, sub.dest, None) or "")
+        actions += list(chosen._actions) if chosen is not None else []
+    for action in actions:
+        value = getattr(args, action.dest, None)
+        if action.type is float and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{action.option_strings[0]}={value} is not a finite number; give a real value")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
