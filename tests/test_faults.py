@@ -381,6 +381,24 @@ def test_an_unwritable_workdir_is_one_sentence_without_mounts(tmp_path, monkeypa
     assert err.count("\n") == 1 and "cannot be written (Read-only file system)" in err
 
 
+def test_any_write_the_machine_refuses_in_any_command_is_one_line(monkeypatch, capsys):
+    """The CLI's last word on an OSError from the machine (a full disk, a read-only mount) in a command that does
+    not catch it itself; any other OSError is a bug and stays a traceback."""
+    from llada_jax.cli import sample
+
+    def full(args, overrides):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/trace.png")
+
+    monkeypatch.setattr(sample, "run", full)
+    assert cli.main(["sample", "--checkpoint=x", "--prompt=a"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("llada-jax sample: error: cannot use /data/out/trace.png: No space left on device; free space "
+                   "there, then run the command again\n")
+    monkeypatch.setattr(sample, "run", lambda args, overrides: os.close(-1))  # EBADF: a bug, not the machine
+    with pytest.raises(OSError):
+        cli.main(["sample", "--checkpoint=x", "--prompt=a"])
+
+
 # ---------------------------------------------------------------- metrics on resume
 
 
