@@ -25,8 +25,9 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        # 2.13.0 is the CPU build this project's machines have on disk; any later 2.x works too.
-        "torch": ["torch>=2.4", "transformers>=4.40", "safetensors>=0.4"],
+        # 2.13.0 is the CPU build this project's machines have on disk; any later 2.x works too. transformers below
+        # 5: the official LLaDA modeling code (trust_remote_code) that exports are loaded with fails under 5.x.
+        "torch": ["torch>=2.4", "transformers>=4.56,<5", "safetensors>=0.4"],
         "sweep": ["matplotlib>=3.7"],  # plots of scaling fits
         "eval": ["lm_eval>=0.4"],  # llada-jax eval: the lm-evaluation-harness model and runner
         # TensorBoard event files (written through its light event-file writer, no TensorFlow) and the viewer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import importlib.util
 import json
 import math
@@ -111,13 +112,17 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
         raise ConfigError(f"override {item!r} has no value; write it as --config.{item}=VALUE")
     dotted, raw = item.split("=", 1)
     *parents, leaf = dotted.split(".")
-    node = config
-    for name in parents:
+    node, where = config, []
+    for i, name in enumerate(parents):
         if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
-            raise ConfigError(f"unknown config section {dotted!r}; see configs/base.py for the valid fields")
-        node = node[name]
+            sections = [k for k in node.keys() if isinstance(node[k], ml_collections.ConfigDict)]
+            hint = _did_you_mean(name, sections, where, [*parents[i + 1:], leaf])
+            raise ConfigError(f"unknown config section {dotted!r}{hint}; "
+                              "see configs/base.py for the valid fields")
+        node, where = node[name], where + [name]
     if leaf not in node:
-        raise ConfigError(f"unknown config field {dotted!r}; see configs/base.py for the valid fields")
+        raise ConfigError(f"unknown config field {dotted!r}{_did_you_mean(leaf, list(node.keys()), where)}; "
+                          "see configs/base.py for the valid fields")
     old = node[leaf]
     try:
         value = _parse_like(raw, old)
@@ -126,6 +131,12 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
             f"--config.{dotted}={raw!r} is not a valid {type(old).__name__}; give a value like {old!r}"
         ) from None
     node[leaf] = value
+
+
+def _did_you_mean(name: str, known: Sequence[str], parents: Sequence[str], rest: Sequence[str] = ()) -> str:
+    """' (did you mean train.steps?)' for a near miss among the names at that level, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join([*parents, close[0], *rest])}?)" if close else ""
 
 
 def _parse_like(raw: str, old):

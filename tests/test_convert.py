@@ -318,3 +318,19 @@ def test_tokenizer_copy_skips_another_checkpoints_weights_and_config(tmp_path):
     assert {"tokenizer.json", "tokenizer_config.json", "modeling_llada.py"} <= set(files)
     assert not (tmp_path / "hf" / "model.safetensors.index.json").exists()
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "llada"
+
+
+def test_the_torch_extra_installs_a_transformers_that_loads_the_official_modeling_code():
+    """`pip install -e .[torch]` resolved transformers 5.x, under which the official modeling_llada.py (loaded with
+    trust_remote_code, the documented path for an export) fails; the extra keeps to 4.x."""
+    import ast
+
+    from packaging.requirements import Requirement
+
+    from helpers import ROOT
+
+    tree = ast.parse(open(f"{ROOT}/setup.py", encoding="utf-8").read())
+    setup_call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    extras = ast.literal_eval(next(k.value for k in setup_call.keywords if k.arg == "extras_require"))
+    (pin,) = [Requirement(r) for r in extras["torch"] if r.startswith("transformers")]
+    assert "4.57.6" in pin.specifier and "5.0.0" not in pin.specifier and "5.24.0" not in pin.specifier

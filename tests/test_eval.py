@@ -404,3 +404,28 @@ def test_generate_until_fast_modes_match_the_sample_cli(run, capsys):
     text = capsys.readouterr().out
     for doc, answer in zip(GEN_DOCS, got):
         assert answer == req_lib.cut_at_stops(text.split(f"=== {doc['prompt']}\n", 1)[1], ["\n"])
+
+
+def test_generate_until_uses_the_tasks_own_length_unless_a_flag_sets_one(run, capsys):
+    """The model here has 64 positions; before, every generation task asked for the default 256 tokens and was
+    refused unless --gen-length was given, whatever length the task itself asks for (max_gen_toks)."""
+    from types import SimpleNamespace
+
+    from llada_jax.config import ConfigError
+    from llada_jax.eval.harness_model import LladaJaxLM
+
+    export, _, _ = run
+    lm = LladaJaxLM(export, gen_batch_size="8")
+    requests = [SimpleNamespace(args=(d["prompt"], {"until": ["\n"], "max_gen_toks": 8})) for d in GEN_DOCS]
+    got = lm.generate_until(requests)
+    assert main(["sample", f"--checkpoint={export}", *[f"--prompt={d['prompt']}" for d in GEN_DOCS],
+                 "--gen-length=8", "--steps=8", "--block-length=8"]) == 0
+    text = capsys.readouterr().out
+    for doc, answer in zip(GEN_DOCS, got):  # one token per step, one block of the task's 8 tokens
+        assert answer == req_lib.cut_at_stops(text.split(f"=== {doc['prompt']}\n", 1)[1], ["\n"])
+    with pytest.raises(ConfigError, match="the default gen_length=256 leaves no room for a prompt"):
+        lm.generate_until([SimpleNamespace(args=("Q:", {"until": ["\n"]}))])  # a task that does not say
+    lm.settings = lm.settings.replace(gen_length=16, steps=16, block_length=8)  # the flags win over the task
+    assert lm._schedule(8) == (16, 16, 8)
+    with pytest.raises(ConfigError, match="cfg_scale=nan is not a finite number"):
+        LladaJaxLM(export, cfg_scale="nan")  # lm_eval --model_args, like every float flag

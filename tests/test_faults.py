@@ -14,15 +14,16 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from etils import epath
 
 from llada_jax import cli, sharding
-from llada_jax.checkpoints import failures, params_export as exports, run_checkpointer
+from llada_jax.checkpoints import failures, params_export as exports, run_checkpointer, verify
 from llada_jax.training import loop
 from llada_jax.utils import output_dirs
-from llada_jax.config import ConfigError
+from llada_jax.config import ConfigError, load_config
 from llada_jax.data import prepare, records
 from llada_jax.data.vocab import ByteVocabulary
 from llada_jax.training.trainer import Trainer
@@ -32,6 +33,8 @@ from helpers import ROOT, SMALL_MODEL, TINY, params_export, small_config, xla_fl
 
 QUIET = ("checkpoint.tensorboard=False", "train.eval_batches=1")
 EVERY_STEP = (*QUIET, "checkpoint.every_steps=1", "checkpoint.keep_last=0")
+# what Orbax and TensorStore print on their own when a write or read fails; llada_jax says it in one sentence
+STORAGE_NOISE = ("Traceback", "ERROR:absl", "Event loop is closed", "Exception ignored", "RESOURCE_EXHAUSTED")
 
 
 def records_of(workdir):
@@ -120,12 +123,62 @@ def test_every_kind_of_damaged_latest_step_gives_one_sentence_and_a_fallback(run
     assert len(said) == 1 and said[0].startswith("checkpoint step 4 is unusable (") and "\n" not in said[0]
 
 
-def test_no_restorable_step_is_one_sentence_listing_why(run_copy):
+@pytest.fixture(scope="session")
+def tiny_random_run(tmp_path_factory):
+    """configs/tiny.py's state filled with random values, saved as steps 1 and 2: large enough that TensorStore
+    reads a step's arrays concurrently, and random so they do not compress away (never modified: tests copy it)."""
+    config = load_config(TINY, ["checkpoint.tensorboard=False"])
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    state = Trainer(config, mesh).init_state()
+    state = jax.tree.map(lambda x: jax.device_put(rng.standard_normal(x.shape).astype(x.dtype), x.sharding)
+                         if x.dtype == np.float32 else x, state)
+    workdir = tmp_path_factory.mktemp("tiny_random") / "run"
+    ckpt = run_checkpointer.RunCheckpointer(workdir, config, mesh=mesh)
+    for step in (1, 2):
+        ckpt.save(step, state, {"step": step})
+    ckpt.close()
+    return workdir, config, mesh
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_truncated_step_is_skipped_without_the_storage_librarys_traces(tiny_random_run, tmp_path, capfd):
+    """The probe's truncated file: the right recovery, but TensorStore callbacks into closed event loops and
+    abandoned reads were printed as tracebacks (with full TensorStore specs) around it."""
+    import gc
+
+    source, config, mesh = tiny_random_run
+    shutil.copytree(source, tmp_path / "run")
+    data = largest_file(tmp_path / "run" / "checkpoints" / "2" / "opt_state")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    ckpt = run_checkpointer.RunCheckpointer(tmp_path / "run", config, mesh=mesh)
+    said = []
+    try:
+        state, _ = ckpt.restore_newest_good(Trainer(config, mesh).sharded_abstract_state(), said.append)
+    finally:
+        ckpt.close()
+    gc.collect()  # abandoned reads are reported as their coroutines are collected
+    assert int(state.step) == 1 and len(said) == 1
+    assert said[0].startswith("checkpoint step 2 is unusable (it cannot be read: OUT_OF_RANGE: Error reading")
+    err = capfd.readouterr().err
+    assert not any(noise in err for noise in STORAGE_NOISE), err[-3000:]
+
+
+def test_no_restorable_step_is_one_sentence_listing_why_and_every_step_is_set_aside(run_copy, capsys):
     for step in (1, 2, 3, 4):
         _missing_item(run_copy / "checkpoints" / str(step))
-    assert cli.main(["train", f"--config={TINY}", f"--workdir={run_copy}", "--quiet",
-                     *[f"--config.{o}" for o in SMALL_MODEL + list(EVERY_STEP)]]) == 2
-    assert sorted(p.name for p in (run_copy / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2", "3", "4"]
+    argv = ["train", f"--config={TINY}", f"--workdir={run_copy}", "--quiet",
+            *[f"--config.{o}" for o in SMALL_MODEL + list(EVERY_STEP)]]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "steps 4, 3, 2 and 1: it cannot be read" in err
+    # renamed as a single unusable step is (before: left as 1..4 while one bad step among good ones is renamed)
+    assert sorted(p.name for p in (run_copy / "checkpoints").iterdir()) == [
+        "unusable-step-1", "unusable-step-2", "unusable-step-3", "unusable-step-4"]
+    assert cli.main(argv) == 2  # and the same command never silently starts again from step 0
+    err = capsys.readouterr().err
+    assert "was set aside as unusable" in err and "rename unusable-step-N back to N" in err
+    assert len(err.strip().splitlines()) == 1 and not (run_copy / "checkpoints" / "1").exists()
 
 
 def test_a_state_with_non_finite_values_is_never_saved(tmp_path):
@@ -156,6 +209,54 @@ def test_an_update_that_would_make_params_non_finite_is_skipped():
     np.testing.assert_array_equal(np.asarray(new.params["wte"]), before)
 
 
+def _flip_sign_in_place(step_dir, array="blocks.q_proj"):
+    """Rewrites one params array of a saved step with its sign flipped, through TensorStore (as a tool or a bad
+    copy would): the checkpoint stays readable, only the values changed."""
+    import tensorstore as ts
+
+    spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{step_dir}/params/",
+                                          "path": f"{array}/"}}
+    store = ts.open(spec).result()
+    store.write(-store.read().result()).result()
+
+
+def test_a_sign_flipped_parameter_is_caught_on_restore_and_the_run_falls_back(run_copy, capsys):
+    """The probe's silent-wrong trial: sum |x| cannot see a sign flip, so the old checksums let step 4 restore."""
+    _flip_sign_in_place(run_copy / "checkpoints" / "4")
+    summary = loop.run(small_config(*EVERY_STEP, "train.steps=5"), run_copy)
+    out = capsys.readouterr().out
+    assert ("checkpoint step 4 is unusable (its data does not match the digests written with it "
+            "(params/blocks/q_proj changed)); resuming from step 3") in out
+    assert summary["step"] == 5 and (run_copy / "checkpoints" / "unusable-step-4").is_dir()
+
+
+def _digest_of(tree):
+    return verify.state_digests(tree, {})[0]["params/w"]
+
+
+def test_the_digest_sees_every_changed_value_and_not_the_mesh():
+    """A sign flip, two swapped values and a change that keeps the sum all change the digest (sum |x| misses the
+    first two and the old tolerance the third); a resharded copy keeps it bit for bit."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    w = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32)
+    want = _digest_of({"w": w})
+    mesh = jax.make_mesh((4, 2), ("a", "b"))
+    for spec in (PartitionSpec("a", "b"), PartitionSpec("b", None), PartitionSpec()):
+        assert _digest_of({"w": jax.device_put(w, NamedSharding(mesh, spec))}) == want
+    flipped, swapped, shifted = w.copy(), w.copy(), w.copy()
+    flipped[7, 3] = -flipped[7, 3]
+    swapped[0, 0], swapped[9, 40] = w[9, 40], w[0, 0]
+    shifted[1, 1] += 0.25
+    shifted[2, 2] -= 0.25
+    for changed in (flipped, swapped, shifted, -w):
+        assert _digest_of({"w": changed}) != want
+    assert verify.checksums({"w": -w}, {}) == verify.checksums({"w": w}, {})  # what the old checksums saw
+    for dtype in (jnp.bfloat16, np.int32):  # every dtype is hashed by its bits
+        assert _digest_of({"w": w.astype(dtype)}) != _digest_of({"w": (w + 1).astype(dtype)})
+    assert verify.state_digests({"w": np.full((3,), np.inf, np.float32)}, {})[1] is False
+
+
 # ---------------------------------------------------------------- full disk during a background save
 
 
@@ -176,6 +277,126 @@ def test_a_failed_background_save_stops_at_the_next_step_in_one_sentence(tmp_pat
     assert message.startswith("checkpoint step 2 could not be written") and "No space left on device" in message
     assert "step 1 is the last good one" in message and "\n" not in message
     assert max(r["step"] for r in records_of(tmp_path / "run")) <= 4  # noticed within a step or two, not at the end
+
+
+NO_SPACE = ("RESOURCE_EXHAUSTED: Error writing \"w/0.0\" in OCDBT database at local file \"{path}\": Failed to "
+            "write 3133440 bytes to file 27: No space left on device [os_error_code='28']")
+
+
+def test_a_full_disk_under_tensorstore_stops_the_run_at_the_next_step_in_one_sentence(tmp_path, monkeypatch, capfd):
+    """TensorStore reports a full disk as a ValueError on Orbax's background thread, where Orbax's own error check
+    consumes it: before, the run went on to the next save and died there in a traceback."""
+    from orbax.checkpoint._src.serialization import serialization
+
+    original = serialization.async_serialize_from_host
+
+    async def full_disk(slices, spec, **kwargs):
+        if "/2.orbax-checkpoint-tmp/" in json.dumps(spec):  # the arrays of step 2, written in the background
+            raise ValueError(NO_SPACE.format(path=json.dumps(spec)[:80]))
+        return await original(slices, spec, **kwargs)
+
+    monkeypatch.setattr(serialization, "async_serialize_from_host", full_disk)
+    with pytest.raises(failures.CheckpointWriteError) as caught:
+        loop.run(small_config(*EVERY_STEP, "train.steps=12"), tmp_path / "run", quiet=True)
+    assert str(caught.value) == (
+        f"checkpoint step 2 could not be written to {tmp_path / 'run' / 'checkpoints'}: No space left on device; "
+        "step 1 is the last good one. Free space or fix the storage, then run the same command to resume")
+    assert max(r["step"] for r in records_of(tmp_path / "run")) <= 4
+    err = capfd.readouterr().err
+    assert not any(noise in err for noise in STORAGE_NOISE), err[-3000:]
+    assert "No space left on device" in (tmp_path / "run" / loop.STORAGE_LOG).read_text()  # the details, kept
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mount(options, folder): a tmpfs or a read-only bind mount at `folder`, unmounted after the test; skipped
+    where this process may not mount (the tests beside it cover the same faults without mounts)."""
+    done = []
+
+    def mount(args, target):
+        target.mkdir(parents=True, exist_ok=True)
+        for command in args:
+            proc = subprocess.run(["mount", *command, str(target)], capture_output=True, text=True) \
+                if shutil.which("mount") else None
+            if proc is None or proc.returncode:
+                pytest.skip(f"cannot mount here ({proc.stderr.strip() if proc else 'no mount command'}); the "
+                            "monkeypatched tests beside this one cover the same fault")
+            done.append(target)
+        return target
+
+    yield mount
+    for target in reversed(done):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def run_cli(*args, **kwargs):
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "llada_jax.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_sentence_naming_the_last_good_step(tmp_path, mounted):
+    """The probe's trial on a real full file system (a 1.5 MB tmpfs holds two of this run's checkpoints)."""
+    disk = mounted([["-t", "tmpfs", "-o", "size=1500k", "tmpfs"]], tmp_path / "disk")
+    proc = run_cli("train", f"--config={TINY}", f"--workdir={disk / 'run'}",
+                   *[f"--config.{o}" for o in SMALL_MODEL + list(EVERY_STEP)], "--config.train.steps=40")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
+    assert last.startswith("llada-jax train: error: checkpoint step ") and "No space left on device; step " in last
+    bad, good = int(last.split("checkpoint step ")[1].split()[0]), int(last.split("; step ")[1].split()[0])
+    assert good == bad - 1 and max(r["step"] for r in records_of(disk / "run")) <= bad + 2
+    assert sorted(int(p.name) for p in (disk / "run" / "checkpoints").iterdir() if p.name.isdigit())[-1] == good
+    assert not any(noise in proc.stdout + proc.stderr for noise in STORAGE_NOISE)
+
+
+def test_a_read_only_workdir_is_one_sentence(tmp_path, mounted, trained, capsys):
+    """Fresh, existing empty and existing run folders on a read-only mount, and a new folder under it."""
+    source = tmp_path / "source"
+    (source / "empty").mkdir(parents=True)
+    shutil.copytree(trained, source / "run")
+    ro = mounted([["--bind", str(source)], ["-o", "remount,ro,bind"]], tmp_path / "ro")
+    for workdir in (ro / "empty", ro / "run", ro / "new", ro / "new" / "deeper"):
+        assert cli.main(["train", f"--config={TINY}", f"--workdir={workdir}",
+                         *[f"--config.{o}" for o in SMALL_MODEL + list(EVERY_STEP)]]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--workdir={workdir} cannot be written (Read-only file system)" in err
+
+
+@pytest.mark.parametrize("where", ["mkdir", "lock"])
+def test_an_unwritable_workdir_is_one_sentence_without_mounts(tmp_path, monkeypatch, capsys, where):
+    """The same fault where mounting is not allowed: the operating system's refusal at the lowest write layer."""
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]))
+
+    if where == "mkdir":
+        monkeypatch.setattr(type(epath.Path(str(tmp_path))), "mkdir", refuse)
+    else:
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda path, *a, **k: refuse(path) if str(path).endswith(LOCK_FILE)
+                            else real_open(path, *a, **k))
+    assert cli.main(["train", f"--config={TINY}", f"--workdir={tmp_path / 'run'}",
+                     *[f"--config.{o}" for o in SMALL_MODEL + list(EVERY_STEP)]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be written (Read-only file system)" in err
+
+
+def test_any_write_the_machine_refuses_in_any_command_is_one_line(monkeypatch, capsys):
+    """The CLI's last word on an OSError from the machine (a full disk, a read-only mount) in a command that does
+    not catch it itself; any other OSError is a bug and stays a traceback."""
+    from llada_jax.cli import sample
+
+    def full(args, overrides):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/trace.png")
+
+    monkeypatch.setattr(sample, "run", full)
+    assert cli.main(["sample", "--checkpoint=x", "--prompt=a"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("llada-jax sample: error: cannot use /data/out/trace.png: No space left on device; free space "
+                   "there, then run the command again\n")
+    monkeypatch.setattr(sample, "run", lambda args, overrides: os.close(-1))  # EBADF: a bug, not the machine
+    with pytest.raises(OSError):
+        cli.main(["sample", "--checkpoint=x", "--prompt=a"])
 
 
 # ---------------------------------------------------------------- metrics on resume

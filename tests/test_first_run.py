@@ -58,7 +58,8 @@ def test_help_describes_every_command_and_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     sample = " ".join(capsys.readouterr().out.split())
-    assert "--gen-length GEN_LENGTH (default: 128)" in sample and "--temperature TEMPERATURE (default: 0.0)" in sample
+    assert "--gen-length GEN_LENGTH tokens to generate after each prompt (default: 128)" in sample
+    assert "--temperature TEMPERATURE Gumbel noise on the logits; 0 is greedy (default: 0.0)" in sample
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

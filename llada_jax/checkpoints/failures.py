@@ -6,7 +6,7 @@ import contextlib
 import threading
 
 from llada_jax.config import ConfigError
-from llada_jax.utils.errors import first_line
+from llada_jax.utils.errors import storage_reason
 from llada_jax.utils.exits import hard_exit
 
 
@@ -18,12 +18,8 @@ class CheckpointWriteError(ConfigError):
 def write_failure(directory, step: int, good_step, error: BaseException) -> str:
     """The sentence for a save of `step` that failed with `error`; `good_step` is the newest complete save."""
     last = f"step {good_step} is the last good one" if good_step is not None else "no checkpoint of this run was written"
-    cause = error
-    while cause.__cause__ is not None or cause.__context__ is not None:  # the OSError under Orbax's wrappers
-        cause = cause.__cause__ or cause.__context__
-    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else first_line(cause)
-    return (f"checkpoint step {step} could not be written to {directory}: {reason}; {last}. Free space or "
-            "fix the storage, then run the same command to resume")
+    return (f"checkpoint step {step} could not be written to {directory}: {storage_reason(error)}; {last}. Free "
+            "space or fix the storage, then run the same command to resume")
 
 
 @contextlib.contextmanager

@@ -42,6 +42,9 @@ def resolve(directory) -> epath.Path:
     """A folder holding `params/`: the folder itself, or the latest step of a run's checkpoints folder
     (given as WORKDIR, WORKDIR/checkpoints or a step folder)."""
     directory = as_path(directory)
+    if "://" not in str(directory) and not directory.exists():
+        raise ConfigError(f"{directory} does not exist; pass a folder written by llada-jax (a params export, a run's "
+                          "workdir or one of its checkpoint steps)")
     if (directory / PARAMS_ITEM).exists() and ((directory / CONFIG_FILE).exists() or (directory / "config").exists()):
         return directory
     for root in (directory / "checkpoints", directory):

@@ -5,6 +5,8 @@ workdir or one of its steps. Orbax writes into a temporary folder, so a crash ne
 """
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -15,8 +17,8 @@ from llada_jax.checkpoints.multihost import sync
 from llada_jax.checkpoints.run_config import check_model_matches
 from llada_jax.config import ConfigError, ModelConfig
 from llada_jax.models import registry as model_lib
-from llada_jax.utils import output_dirs
-from llada_jax.utils.errors import first_line
+from llada_jax.utils import library_noise, output_dirs
+from llada_jax.utils.errors import first_line, root_cause, storage_reason
 
 
 def save_params(directory, params, config: ml_collections.ConfigDict, *, overwrite: bool = False,
@@ -29,7 +31,22 @@ def save_params(directory, params, config: ml_collections.ConfigDict, *, overwri
     """
     directory = as_path(directory)
     output_dirs.check_folder(directory, flag=flag, overwrite=overwrite)
+    library_noise.install()
     staging = directory.parent / f"{directory.name}.incomplete"
+    try:
+        _write_staged(staging, directory, params, config)
+    except Exception as e:  # noqa: BLE001 - disk full, read-only or gone: one sentence, the old export kept
+        if jax.process_index() == 0:
+            with contextlib.suppress(Exception):
+                staging.rmtree()  # half an export: its space is given back
+        raise ConfigError(f"the export {directory} could not be written: {storage_reason(e)}; free space or fix "
+                          "the storage and run the command again (an earlier export there is unchanged)") from None
+    sync("llada_export_done")
+    return directory
+
+
+def _write_staged(staging, directory, params, config) -> None:
+    """Writes the export into `staging` and swaps it in (process 0) once complete."""
     if jax.process_index() == 0 and staging.exists():
         staging.rmtree()  # left by an earlier crash mid-export
     sync("llada_export_staging")
@@ -40,8 +57,6 @@ def save_params(directory, params, config: ml_collections.ConfigDict, *, overwri
     if jax.process_index() == 0:
         (staging / CONFIG_FILE).write_text(config.to_json(indent=2))
         output_dirs.swap_in(staging, directory, (PARAMS_ITEM, CONFIG_FILE))
-    sync("llada_export_done")
-    return directory
 
 
 def abstract_params(model_config, mesh):
@@ -65,12 +80,14 @@ def restore_params(directory, saved: ml_collections.ConfigDict, mesh=None):
     """The params of a resolved checkpoint folder whose stored config is `saved` (one device without a mesh)."""
     if mesh is None:
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    library_noise.install()
     try:
         with ocp.StandardCheckpointer() as ckptr:
             return ckptr.restore(directory / PARAMS_ITEM, abstract_params(saved.model, mesh))
     except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds for a damaged folder
-        raise ConfigError(f"the checkpoint in {directory} cannot be read ({first_line(e)}); it is corrupt or "
-                          "incomplete: use another step or write it again") from None
+        library_noise.flush()
+        raise ConfigError(f"the checkpoint in {directory} cannot be read ({first_line(root_cause(e))}); it is corrupt "
+                          "or incomplete: use another step or write it again") from None
 
 
 def load_model(directory, mesh=None):

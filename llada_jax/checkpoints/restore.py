@@ -10,7 +10,11 @@ from llada_jax.checkpoints.locate import PARAMS_ITEM, SET_ASIDE, read_config
 from llada_jax.checkpoints.multihost import sync
 from llada_jax.checkpoints.verify import verify_restored
 from llada_jax.config import ConfigError
-from llada_jax.utils.errors import first_line
+from llada_jax.utils import library_noise
+from llada_jax.utils.errors import first_line, root_cause
+
+START_AFRESH = ("to start afresh, use a new --workdir or delete {directory}; to try a step again, rename "
+                f"{SET_ASIDE}N back to N")
 
 
 def restore_step(manager, abstract_state, step):
@@ -28,33 +32,63 @@ def restore_step(manager, abstract_state, step):
     return state, restored["meta"]
 
 
+def _restore_verified(manager, directory, abstract_state, step):
+    """((state, meta), None) when `step` restores and verifies, else (None, why not)."""
+    try:
+        read_config(directory / str(step))  # what sampling and conversion read from this step
+        state, meta = restore_step(manager, abstract_state, step)
+        problem = verify_restored(state, meta)
+    except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds for damaged files
+        return None, f"it cannot be read: {first_line(root_cause(e))}"
+    return (None, problem) if problem else ((state, meta), None)
+
+
 def newest_good(manager, directory, abstract_state, log):
     """(state, meta, step) of the newest step that restores cleanly, or None when the run has no checkpoint.
 
-    A step that cannot be read, holds non-finite values or fails its checksums is skipped with one sentence
-    through `log`, and renamed to unusable-step-N (kept for inspection, out of Orbax's way) once an older good
-    step is found. When no step restores, ConfigError lists why for each.
+    A step that cannot be read, holds non-finite values or fails its digests is skipped with one sentence
+    through `log` and renamed to unusable-step-N (kept for inspection, out of Orbax's way). When no step
+    restores, every step is renamed so and ConfigError lists why for each; a later run in that workdir is
+    refused too, never silently started again from step 0.
     """
-    problems = []
+    problems, found = [], None
     for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            read_config(directory / str(step))  # what sampling and conversion read from this step
-            state, meta = restore_step(manager, abstract_state, step)
-            problem = verify_restored(state, meta)
-        except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds for damaged files
-            problem = f"it cannot be read: {first_line(e)}"
-        if problem is None:
-            for bad, why in problems:
-                log(f"checkpoint step {bad} is unusable ({why}); resuming from step {step}, the newest step "
-                    f"that restores cleanly (step {bad} is kept as {directory / (SET_ASIDE + str(bad))})")
-            set_aside(manager, directory, [bad for bad, _ in problems])
-            return state, meta, step
+        restored, problem = _restore_verified(manager, directory, abstract_state, step)
+        if restored is not None:
+            found = (*restored, step)
+            break
         problems.append((step, problem))
     if problems:
-        listed = "; ".join(f"step {bad}: {why}" for bad, why in problems[:3])
-        raise ConfigError(f"no checkpoint in {directory} restores cleanly ({listed}); move that folder "
-                          "aside to start afresh, or restore it from a backup")
+        library_noise.flush()  # the reads a damaged step abandoned are finalised (quietly) now, not at exit
+    set_aside(manager, directory, [bad for bad, _ in problems])
+    if found is not None:
+        for bad, why in problems:
+            log(f"checkpoint step {bad} is unusable ({why}); resuming from step {found[2]}, the newest step "
+                f"that restores cleanly (step {bad} is kept as {directory / (SET_ASIDE + str(bad))})")
+        return found
+    if problems:
+        listed = _listed(problems)
+        raise ConfigError(f"no checkpoint in {directory} restores cleanly ({listed}); each step is kept as "
+                          f"{SET_ASIDE}N there: " + START_AFRESH.format(directory=directory))
+    set_aside_only = sorted(p.name for p in directory.iterdir() if p.name.startswith(SET_ASIDE)) \
+        if directory.exists() else []
+    if set_aside_only:
+        raise ConfigError(f"every checkpoint in {directory} was set aside as unusable ({', '.join(set_aside_only[:3])}"
+                          f"{' ...' if len(set_aside_only) > 3 else ''}), so this run cannot resume: "
+                          + START_AFRESH.format(directory=directory))
     return None
+
+
+def _listed(problems) -> str:
+    """'steps 4, 3 and 2: why; step 1: why not' (steps with the same reason together, at most three reasons)."""
+    reasons: dict[str, list[int]] = {}
+    for step, why in problems:
+        reasons.setdefault(why, []).append(step)
+    parts = []
+    for why, steps in list(reasons.items())[:3]:
+        names = ", ".join(map(str, steps[:-1])) + f" and {steps[-1]}" if len(steps) > 1 else str(steps[0])
+        parts.append(f"step{'s' if len(steps) > 1 else ''} {names}: {why}")
+    return "; ".join(parts)
 
 
 def set_aside(manager, directory, steps) -> None:

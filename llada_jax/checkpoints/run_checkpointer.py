@@ -1,6 +1,7 @@
 """A training run's checkpoints: when to save, async saves that fail loudly, and exact resume.
 
-Each step folder holds params, opt_state, meta (step, data-iterator state, checksums) and the run config;
+Each step folder holds params, opt_state, meta (step, data-iterator state, a digest of every array) and the run
+config;
 retention is rotation.py, resume is restore.py, verification is verify.py.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ from llada_jax.checkpoints import restore, rotation
 from llada_jax.checkpoints.failures import CheckpointWriteError, deadline, write_failure
 from llada_jax.checkpoints.locate import PARAMS_ITEM, as_path
 from llada_jax.checkpoints.multihost import agreed_by_process_0
-from llada_jax.checkpoints.verify import finite, checksums
+from llada_jax.checkpoints.verify import DIGEST_FIELD, state_digests
+from llada_jax.utils import library_noise
 
 
 class RunCheckpointer:
@@ -40,6 +42,8 @@ class RunCheckpointer:
         self.timeout_s = float(c.get("timeout_s", 900.0))
         self._last_save_time = self.clock()
         self._pending_step = self._good_step = None  # the save in flight; the newest save known to be complete
+        self._failed = False  # a write failure was reported: Orbax keeps re-raising it, nothing more to say
+        library_noise.install()  # a failed write is one sentence here, not Orbax's tracebacks from its threads
         rotation.check_directory(self.directory, config)
         self.manager = rotation.manager(self.directory, c, self.timeout_s)
 
@@ -70,10 +74,10 @@ class RunCheckpointer:
         """Starts (async) or does (sync) a save; returns the seconds the step loop was blocked, or None when the
         state holds non-finite values and nothing was saved (a bad state must never rotate out a good one)."""
         start = time.perf_counter()
-        sums = checksums(state.params, state.opt_state)
-        if not all(map(finite, sums)):
+        digests, finite = state_digests(state.params, state.opt_state)
+        if not finite:
             return None
-        meta = {"step": int(step), "data": data_state, "process_count": jax.process_count(), "checksums": sums}
+        meta = {"step": int(step), "data": data_state, "process_count": jax.process_count(), DIGEST_FIELD: digests}
         self.wait()  # the previous save must be complete (and known good) before another one may rotate steps out
         try:
             with deadline(self.timeout_s, f"the checkpoint save of step {step}"):
@@ -87,7 +91,8 @@ class RunCheckpointer:
                     }),
                     force=True,
                 )
-        except OSError as e:  # a synchronous write failed (sync saves, or the start of an async one)
+        except Exception as e:  # noqa: BLE001 - a synchronous write failed (sync saves, the start of an async one)
+            self._failed = True
             raise CheckpointWriteError(write_failure(self.directory, int(step), self._good_step, e)) from None
         self._last_save_time = self.clock()
         self._pending_step = int(step)
@@ -98,28 +103,36 @@ class RunCheckpointer:
         so a full disk stops the run at the next step instead of a save interval later)."""
         if self._pending_step is None or self.manager.is_saving_in_progress():
             return
+        self._finish_pending()
+
+    def _finish_pending(self) -> None:
+        """Waits for the save in flight and learns whether it failed: Orbax keeps a background failure on its
+        finalize thread (its own error check may already have consumed it), and only the wait re-raises it."""
         step, self._pending_step = self._pending_step, None
         try:
-            self.manager.check_for_errors()
+            with deadline(self.timeout_s, "finishing the checkpoint writes"):
+                self.manager.wait_until_finished()
+                self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001 - whatever the storage raised, the user needs one sentence
+            self._failed = True
             raise CheckpointWriteError(write_failure(self.directory, step, self._good_step, e)) from None
         self._good_step = step
 
     def wait(self) -> None:
         """Blocks until the pending save is on storage; a failed one raises CheckpointWriteError."""
-        try:
-            with deadline(self.timeout_s, "finishing the checkpoint writes"):
-                self.manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
-            if self._pending_step is None:
-                raise
-            step, self._pending_step = self._pending_step, None
-            raise CheckpointWriteError(write_failure(self.directory, step, self._good_step, e)) from None
-        self.check_saved()
+        if self._pending_step is not None:
+            self._finish_pending()
 
     def close(self) -> None:
-        """Finishes the pending save and releases Orbax's threads; safe to call after an error (in `finally`)."""
+        """Finishes the pending save and releases Orbax's threads; safe to call after an error (in `finally`):
+        a write failure already reported is not raised again."""
         try:
             self.wait()
         finally:
-            self.manager.close()
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001
+                if not self._failed:
+                    raise
+            if self._failed:
+                library_noise.flush()  # the abandoned writes are finalised now, not at interpreter exit

@@ -8,6 +8,7 @@ import argparse
 import glob
 import importlib
 import importlib.util
+import math
 import os
 import sys
 
@@ -54,8 +55,7 @@ def skip_absent_tpu(environ=os.environ) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not (argv and argv[0] == "preflight"):  # preflight --topology compiles for TPU through libtpu
-        skip_absent_tpu()
+    skip_absent_tpu()  # preflight --topology still compiles for TPU through libtpu on the CPU platform
     parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LMs in JAX.",
                                      epilog="`llada-jax COMMAND --help` lists a command's flags and their defaults.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -72,15 +72,43 @@ def main(argv=None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from llada_jax.utils import compile_cache, xla_flags
+    try:
+        check_finite_flags(sub.choices[args.command], args)
+    except ConfigError as e:
+        return _say(args.command, e)
+    from llada_jax.utils import compile_cache, library_noise, xla_flags
 
     xla_flags.apply_defaults()
     compile_cache.enable()
+    library_noise.install()  # a failed checkpoint read or write is one sentence, not the storage library's traces
     try:
         return int(importlib.import_module(COMMANDS[args.command]).run(args, overrides) or 0)
     except ConfigError as e:
-        print(f"llada-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _say(args.command, e)
+    except OSError as e:  # the machine said no (disk full, read-only, no permission): one sentence, no traceback
+        from llada_jax.utils.errors import ENVIRONMENT_ERRNOS, environment_sentence
+
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        return _say(args.command, environment_sentence(e))
+
+
+def _say(command: str, error) -> int:
+    print(f"llada-jax {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def check_finite_flags(parser: argparse.ArgumentParser, args) -> None:
+    """Every float flag of every command refuses NaN and infinity (argparse's float() accepts both), as config
+    fields do: `--temperature=nan` would otherwise decode as if it were 0."""
+    actions = list(parser._actions)
+    for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+        chosen = sub.choices.get(getattr(args, sub.dest, None) or "")
+        actions += list(chosen._actions) if chosen is not None else []
+    for action in actions:
+        value = getattr(args, action.dest, None)
+        if action.type is float and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{action.option_strings[0]}={value} is not a finite number; give a real value")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

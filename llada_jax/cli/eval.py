@@ -17,6 +17,13 @@ SETTING_FLAGS = {
 }
 HELP = {
     "mc_num": "Monte Carlo samples per answer (default 128)",
+    "cfg_scale": "classifier-free guidance scale for scoring and generation (default 0: off)",
+    "gen_length": "generate_until: tokens to generate (default: the task's max_gen_toks, else 256)",
+    "steps": "generate_until: reverse-process steps (default: one per generated token)",
+    "block_length": "generate_until: tokens per block, decoded left to right (default: the whole length)",
+    "temperature": "generate_until: Gumbel noise on the logits; 0 is greedy (default 0)",
+    "remasking": "generate_until: reveal the most confident predictions or random ones (default low_confidence)",
+    "seed": "random seed of the Monte Carlo masks and the sampling noise (default 0)",
     "mc_batch_size": "samples per stratified mini-batch, the official --batch_size (default 16)",
     "estimator": "official: half-to-even rounding as get_log_likelihood.py (default in presets); "
                  "unbiased: this project's (default otherwise)",
@@ -34,7 +41,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     parser.add_argument("--preset", default=None, help="official settings per task: llada_base")
     parser.add_argument("--include-path", default=None, help="folder of lm-eval task YAML files (local tasks)")
-    parser.add_argument("--num-fewshot", type=int, default=None)
+    parser.add_argument("--num-fewshot", type=int, default=None,
+                        help="few-shot examples per prompt (default: the preset's, else the task's own)")
     parser.add_argument("--limit", type=float, default=None, help="evaluate only the first N documents per task")
     parser.add_argument("--output", default=None, help="write the results JSON here")
     parser.add_argument("--log-samples", action="store_true", help="keep per-document outputs in --output")
@@ -46,7 +54,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         elif name == "estimator":
             parser.add_argument(flag, choices=["official", "unbiased"], default=None, help=HELP[name])
         elif name == "remasking":
-            parser.add_argument(flag, choices=["low_confidence", "random"], default=None)
+            parser.add_argument(flag, choices=["low_confidence", "random"], default=None, help=HELP[name])
         elif name == "cache":
             parser.add_argument(flag, choices=["none", "prefix", "dual"], default=None, help=HELP[name])
         else:
@@ -77,15 +85,10 @@ def run(args, overrides) -> int:
     from llada_jax.config import ConfigError
     from llada_jax.utils.output_dirs import check_file
 
+    from llada_jax.checkpoints import locate
+
     if args.output:  # refused before hours of evaluation, never after
         check_file(args.output, flag="--output", overwrite=args.overwrite)
-    try:
-        import lm_eval  # noqa: F401  (the [eval] extra)
-    except ImportError as e:
-        raise ConfigError(f"llada-jax eval needs lm-evaluation-harness ({e}); "
-                          "install it with pip install -e .[eval]") from None
-    from llada_jax.eval import runner
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise ConfigError("--tasks is empty; pass comma-separated lm-eval task names")
@@ -93,6 +96,14 @@ def run(args, overrides) -> int:
         raise ConfigError(f"--include-path={args.include_path} is not a folder; pass the folder of task YAML files")
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit={args.limit} must be positive")
+    locate.resolve(args.checkpoint)  # a wrong path is said before lm-eval loads (seconds)
+    try:
+        import lm_eval  # noqa: F401  (the [eval] extra)
+    except ImportError as e:
+        raise ConfigError(f"llada-jax eval needs lm-evaluation-harness ({e}); "
+                          "install it with pip install -e .[eval]") from None
+    from llada_jax.eval import runner
+
     flags = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
     mesh_overrides = start_processes(overrides)
     merged = runner.evaluate(args.checkpoint, tasks, preset=args.preset, flags=flags, num_fewshot=args.num_fewshot,

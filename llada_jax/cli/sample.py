@@ -13,13 +13,17 @@ import time
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="params export, run workdir or checkpoint step")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
-    parser.add_argument("--prompt-file", help="one prompt per line")
-    parser.add_argument("--gen-length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=128)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--cfg-scale", type=float, default=0.0)
-    parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    parser.add_argument("--prompt-file", help="a UTF-8 text file with one prompt per line (added to --prompt)")
+    parser.add_argument("--gen-length", type=int, default=128, help="tokens to generate after each prompt")
+    parser.add_argument("--steps", type=int, default=128,
+                        help="reverse-process steps in all (split evenly over the blocks)")
+    parser.add_argument("--block-length", type=int, default=32,
+                        help="tokens decoded per block, left to right (must divide --gen-length)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="Gumbel noise on the logits; 0 is greedy")
+    parser.add_argument("--cfg-scale", type=float, default=0.0,
+                        help="classifier-free guidance (the unconditional pass masks the prompt); 0 is off")
+    parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence",
+                        help="which predictions each step reveals: the most confident, or random ones")
     parallel = parser.add_mutually_exclusive_group()
     parallel.add_argument("--threshold", type=float, default=None,
                           help="parallel decoding: reveal every token above this confidence (at least one per step)")
@@ -33,22 +37,19 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="cast params once at load (auto: bfloat16 on GPU/TPU, as stored on CPU)")
     parser.add_argument("--no-early-stop", action="store_true",
                         help="decode every block even after each answer holds an EOS (the cropped text is the same)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the noise (temperature, random remasking)")
     parser.add_argument("--trace", default=None, metavar="PNG", help="write which position was revealed at which step")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --trace file")
 
 
 def read_prompts(args) -> list[str]:
     from llada_jax.config import ConfigError
+    from llada_jax.utils.input_files import read_text
 
     prompts = list(args.prompt)
     if args.prompt_file:
-        try:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompts += [line.rstrip("\n") for line in f if line.strip()]
-        except FileNotFoundError:
-            raise ConfigError(f"--prompt-file={args.prompt_file} does not exist; "
-                              "pass a text file with one prompt per line") from None
+        text = read_text(args.prompt_file, flag="--prompt-file", what="a text file with one prompt per line")
+        prompts += [line for line in text.split("\n") if line.strip()]
     if not prompts:
         raise ConfigError("no prompt given; pass --prompt=TEXT (repeatable) or --prompt-file=FILE")
     return prompts
@@ -78,17 +79,19 @@ def check_args(args, max_seq_len: int, longest_prompt: int) -> None:
 
 
 def run(args, overrides) -> int:
+    from llada_jax.checkpoints import locate
+    from llada_jax.utils import output_dirs
+
+    locate.resolve(args.checkpoint)  # mistakes in the flags are said at once, before JAX loads
+    prompts = read_prompts(args)
+    if args.trace:
+        output_dirs.check_file(args.trace, flag="--trace", overwrite=args.overwrite)  # before minutes of decoding
     import jax
 
     from llada_jax.inference import export_cache, sampling
     from llada_jax.inference.loader import InferenceModel
     from llada_jax.utils.progress import stderr
 
-    prompts = read_prompts(args)
-    if args.trace:
-        from llada_jax.utils import output_dirs
-
-        output_dirs.check_file(args.trace, flag="--trace", overwrite=args.overwrite)  # before minutes of decoding
     model = InferenceModel(args.checkpoint, overrides)
     vocab, config, mesh = model.vocab, model.config, model.mesh
     encoded = [vocab.encode(p) for p in prompts]

@@ -3,8 +3,8 @@
 Each JSONL line is {"prompt": ..., "answer": ...} (prints log p(answer | prompt)) or {"prompt": ...,
 "choices": [...], "label": i} (picks the choice with the highest estimate; accuracy when labels are given).
 Output: one JSON object per input line, then {"accuracy": ...} when any line had a label.
-Items are scored ITEMS_PER_CALL at a time by `likelihood.batched_log_likelihoods` (each answer's distinct
-maskings once, many answers per forward pass); the estimates equal one-answer-at-a-time scoring.
+Items are scored in groups that share forward passes (each answer's distinct maskings scored once); the
+estimates equal scoring one answer at a time with the same random numbers.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ ITEMS_PER_CALL = 32  # items scored together: enough rows to fill passes, output
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="params export, run workdir or checkpoint step")
-    parser.add_argument("--input", required=True, help="JSONL with prompt and answer, or prompt and choices")
+    parser.add_argument("--input", required=True,
+                        help="JSONL file: one {prompt, answer} or {prompt, choices, label} object per line")
     parser.add_argument("--mc-num", type=int, default=128, help="Monte Carlo samples per answer")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (mini-batch)")
     parser.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
@@ -25,7 +26,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-pass", type=int, default=None,
                         help="Monte Carlo rows of several items scored in one forward pass "
                              "(default: 32 on CPU, 256 on GPU/TPU)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the Monte Carlo masks")
     parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="cast params once at load (auto: bfloat16 on GPU/TPU, as stored on CPU)")
 
@@ -51,12 +52,9 @@ def _check_item(item, where: str) -> None:
 def read_items(path: str) -> list[dict]:
     """The JSONL items, each checked; any problem is one sentence naming the line."""
     from llada_jax.config import ConfigError
+    from llada_jax.utils.input_files import read_text
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise ConfigError(f"--input={path} does not exist; pass a JSONL file with one item per line") from None
+    lines = read_text(path, flag="--input", what="a JSONL file with one item per line").split("\n")
     items = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -89,18 +87,21 @@ def encode_items(items: list[dict], vocab, max_len: int) -> list[tuple]:
 
 
 def run(args, overrides) -> int:
-    import jax
-    import numpy as np
-
+    from llada_jax.checkpoints import locate
     from llada_jax.config import ConfigError
-    from llada_jax.inference import likelihood
-    from llada_jax.inference.loader import InferenceModel
-    from llada_jax.utils.progress import Progress, fmt_time, stderr
 
     bad_rows = args.rows_per_pass is not None and args.rows_per_pass <= 0
     if args.mc_num <= 0 or args.batch_size <= 0 or bad_rows or args.cfg_scale < 0:
         raise ConfigError("--mc-num, --batch-size and --rows-per-pass must be positive and --cfg-scale >= 0")
+    locate.resolve(args.checkpoint)  # flag mistakes are said at once, before JAX loads
     items = read_items(args.input)
+    import jax
+    import numpy as np
+
+    from llada_jax.inference import likelihood
+    from llada_jax.inference.loader import InferenceModel
+    from llada_jax.utils.progress import Progress, fmt_time, stderr
+
     model = InferenceModel(args.checkpoint, overrides)
     encoded = encode_items(items, model.vocab, model.max_len)
     model.load(args.param_dtype)  # cast once, not per forward pass

@@ -5,7 +5,9 @@ import argparse
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["plan", "run", "fit"])
+    parser.add_argument("action", choices=["plan", "run", "fit"],
+                        help="plan: write the run list and each run's config; run: train the planned runs here; "
+                             "fit: fit IsoFLOP curves and power laws to the results")
     parser.add_argument("--config", help="plan: a config with a 'sweep' section, e.g. configs/sweep_cpu.py")
     parser.add_argument("--out", "--sweep", dest="sweep", required=True, help="the sweep folder")
     parser.add_argument("--print-launch", default=None, metavar="ARGS",

@@ -115,22 +115,39 @@ class LladaJaxLM(LM):
     # --- generate_until ---------------------------------------------------------------------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False):
+        """Decodes each request for its task's length (its max_gen_toks) unless --gen-length says otherwise,
+        requests of one length together, and cuts the text at the task's stop strings."""
+        s = self.settings
+        prompts, stops, groups = [], [], {}
+        for n, request in enumerate(requests):
+            context, gen_kwargs = request.args[:2]
+            gen_kwargs = gen_kwargs or {}
+            until = gen_kwargs.get("until") or []
+            stops.append([until] if isinstance(until, str) else list(until))
+            schedule = self._schedule(gen_kwargs.get("max_gen_toks"))
+            prompts.append(self.vocab.encode(context)[-(self.max_len - schedule[0]):])
+            groups.setdefault(schedule, []).append(n)
+        texts = [""] * len(requests)
+        for (length, steps, block_length), members in groups.items():
+            decoded = self.decode_batches([prompts[n] for n in members], length, steps, block_length,
+                                          temperature=s.temperature, remasking=s.remasking, threshold=s.threshold,
+                                          factor=s.factor, cache=s.cache, eos=True, label="generate_until")
+            for n, tokens in zip(members, decoded):
+                texts[n] = req_lib.cut_at_stops(self.vocab.decode(tokens), stops[n])
+        return texts
+
+    def _schedule(self, max_gen_toks) -> tuple[int, int, int]:
+        """(gen_length, steps, block_length) for a request whose task asks for `max_gen_toks` new tokens."""
         from llada_jax.config import ConfigError
 
-        s = self.settings
-        if s.gen_length >= self.max_len:
-            raise ConfigError(f"gen_length={s.gen_length} leaves no room for a prompt in the model's "
-                              f"max_seq_len={self.max_len}; pass a smaller --gen-length")
-        prompts, stops = [], []
-        for request in requests:
-            context, gen_kwargs = request.args[:2]
-            until = (gen_kwargs or {}).get("until") or []
-            stops.append([until] if isinstance(until, str) else list(until))
-            prompts.append(self.vocab.encode(context)[-(self.max_len - s.gen_length):])
-        decoded = self.decode_batches(prompts, s.gen_length, s.steps, s.block_length, temperature=s.temperature,
-                                      remasking=s.remasking, threshold=s.threshold, factor=s.factor, cache=s.cache,
-                                      eos=True, label="generate_until")
-        return [req_lib.cut_at_stops(self.vocab.decode(tokens), stop) for tokens, stop in zip(decoded, stops)]
+        task_length = max_gen_toks if isinstance(max_gen_toks, int) and max_gen_toks > 0 else None
+        length, steps, block_length = self.settings.schedule(task_length)
+        if length >= self.max_len:
+            source = (f"gen_length={length}" if self.settings.gen_length else
+                      f"the task's max_gen_toks={length}" if task_length else f"the default gen_length={length}")
+            raise ConfigError(f"{source} leaves no room for a prompt in the model's max_seq_len={self.max_len}; "
+                              "pass a smaller --gen-length")
+        return length, steps, block_length
 
     def decode_batches(self, prompts, gen_length, steps, block_length, *, temperature, remasking, threshold,
                        factor, cache, eos, label=None):

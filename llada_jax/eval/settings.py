@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from llada_jax.inference.likelihood import ESTIMATORS
+
+DEFAULT_GEN_LENGTH = 256  # generate_until's length when neither --gen-length nor the task's max_gen_toks says
 
 
 @dataclasses.dataclass
@@ -15,9 +18,9 @@ class EvalSettings:
     estimator: str = "unbiased"   # or "official" (half-to-even rounding of the stratified shift)
     check_greedy: bool = False    # also report whether greedy decoding reproduces the answer
     rows_per_pass: int | None = None  # Monte Carlo rows (of any requests) per forward pass; None: 32 on CPU, 256 else
-    gen_length: int = 256
-    steps: int = 256
-    block_length: int = 256
+    gen_length: int | None = None    # tokens to generate; None: the task's max_gen_toks, else DEFAULT_GEN_LENGTH
+    steps: int | None = None         # None: one reverse-process step per generated token
+    block_length: int | None = None  # None: one block of the whole length
     temperature: float = 0.0
     remasking: str = "low_confidence"
     threshold: float | None = None   # parallel decoding: reveal every token above this confidence
@@ -29,9 +32,14 @@ class EvalSettings:
     def check(self) -> "EvalSettings":
         """One sentence per mistake, naming the setting and the fix."""
         from llada_jax.config import ConfigError
-        from llada_jax.inference.sampling import check_options, check_schedule
+        from llada_jax.inference.sampling import check_options
 
-        for name in ("mc_num", "mc_batch_size", "rows_per_pass", "gen_batch_size"):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{field.name}={value} is not a finite number; give a real value")
+        for name in ("mc_num", "mc_batch_size", "rows_per_pass", "gen_batch_size", "gen_length", "steps",
+                     "block_length"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.estimator not in ESTIMATORS:
@@ -39,8 +47,22 @@ class EvalSettings:
         if self.cfg_scale < 0 or self.temperature < 0:
             raise ConfigError(f"cfg_scale={self.cfg_scale} and temperature={self.temperature} must be >= 0")
         check_options(self.remasking, self.temperature, self.cfg_scale, self.threshold, self.factor, self.cache)
-        check_schedule(self.gen_length, self.steps, self.block_length)
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold={self.threshold} is not a confidence; give a value in (0, 1], e.g. 0.9")
+        if self.gen_length is not None:  # else the schedule is checked per task, against the task's length
+            self.schedule(None)
         return self
+
+    def schedule(self, task_length: int | None) -> tuple[int, int, int]:
+        """(gen_length, steps, block_length) for a task that asks for `task_length` new tokens (its max_gen_toks;
+        None if it does not say): the flags win, then the task's length, then DEFAULT_GEN_LENGTH; steps and the
+        block follow the length unless given."""
+        from llada_jax.inference.sampling import check_schedule
+
+        length = self.gen_length or task_length or DEFAULT_GEN_LENGTH
+        schedule = (length, self.steps or length, self.block_length or length)
+        check_schedule(*schedule)
+        return schedule
 
     def replace(self, **changes) -> "EvalSettings":
         """A copy with the changes that are not None, checked."""
@@ -57,14 +79,12 @@ def parse_value(name: str, text: str):
     default = fields[name].default
     if isinstance(text, str) and text.lower() == "none" and default is None:
         return None
+    kind = {"threshold": float, "factor": float}.get(name, int) if default is None else type(default)
     try:
-        if isinstance(default, bool):
+        if kind is bool:
             if str(text).lower() not in ("true", "false", "1", "0"):
                 raise ValueError
             return str(text).lower() in ("true", "1")
-        if name in ("threshold", "factor") or isinstance(default, float):
-            return float(text)
-        return type(default)(text)
+        return kind(text)
     except ValueError:
-        kind = "float" if default is None else type(default).__name__
-        raise ConfigError(f"{name}={text!r} is not a valid {kind}") from None
+        raise ConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None

@@ -50,6 +50,9 @@ def plan(config, out) -> tuple[list[grid.PlannedRun], list[str]]:
     if not runs:
         raise ConfigError("no (budget, depth) pair gives a run of at least sweep.min_steps steps; raise sweep.budgets")
     out = epath.Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out={out} is a file, not a folder; name a new folder for the sweep (or an earlier "
+                          "sweep's folder)")
     text = json.dumps({"runs": [dataclasses.asdict(r) for r in runs], "skipped": skipped}, indent=2)
     if (out / "plan.json").exists() and (out / "plan.json").read_text() != text:
         raise ConfigError(f"{out} already holds a different sweep plan; choose a new --out folder")

@@ -29,7 +29,10 @@ from llada_jax.training.metrics import MetricsWriter
 from llada_jax.training.preemption import PreemptionWatcher
 from llada_jax.training.trainer import Trainer
 from llada_jax.training.workdir_lock import WorkdirLock, make_workdir
-from llada_jax.utils.progress import Progress, fmt_time
+from llada_jax.utils import library_noise
+from llada_jax.utils.progress import Progress, fmt_time, heartbeat
+
+STORAGE_LOG = "storage-errors.log"  # Orbax's and TensorStore's own messages when a checkpoint write or read fails
 
 
 def count_params(abstract_params) -> int:
@@ -163,7 +166,8 @@ def train_one_step(s: Session, step: int) -> int:
     done = step + 1
     if step == s.start_step:
         s.log.print("compiling the train step (the first step waits for it) ...")
-        s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch))
+        with heartbeat("still compiling the train step", s.log.print):  # big models compile for minutes
+            s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch))
         s.log.print(f"compiled and ran step {done} in {time.perf_counter() - s.started:.1f} s")
         s.clock = (time.perf_counter(), done)  # tokens/s counts the steps after compiling
     else:
@@ -284,6 +288,7 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None, 
     try:
         validate(config, jax.device_count())
         workdir = make_workdir(workdir)
+        library_noise.log_to(None if "://" in str(workdir) else workdir / STORAGE_LOG)
         with WorkdirLock(workdir, active=jax.process_index() == 0, log=print):
             s = start_session(config, workdir, quiet)
             try:
@@ -292,6 +297,7 @@ def run(config, workdir, *, quiet: bool = False, stop_after: int | None = None, 
                 s.ckpt.close()
     finally:
         watcher.restore()
+        library_noise.log_to(None)
 
 
 def train_session(s: Session, watcher: PreemptionWatcher, stop_after: int | None) -> dict:

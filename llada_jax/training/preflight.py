@@ -13,8 +13,13 @@ import jax
 from llada_jax import sharding
 from llada_jax.config import ConfigError, validate
 from llada_jax.training import cost_model as cost_model_lib
+from llada_jax.training import step_compile
+from llada_jax.training.step_compile import compile_or_explain
 from llada_jax.training.trainer import Trainer
 from llada_jax.utils.chips import TPU_HBM_BYTES
+from llada_jax.utils.native_output import captured_stderr
+from llada_jax.utils.progress import stderr
+
 
 def topology_devices(name: str):
     """Devices of a named TPU topology (e.g. 'v5p:4x4x4'), for ahead-of-time compiles without the hardware."""
@@ -25,7 +30,8 @@ def topology_devices(name: str):
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu otherwise probes for a TPU VM's peers
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: no chip to guard with the lockfile
     try:
-        return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+        with captured_stderr():  # libtpu's start-up warnings about the TPU VM this machine is not
+            return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
     except Exception as e:  # noqa: BLE001 - any failure here means the same thing to the user
         raise ConfigError(
             f"cannot describe TPU topology {name!r} on this machine ({type(e).__name__}); AOT compiles for TPU need "
@@ -46,15 +52,30 @@ def device_memory_limit(device) -> int | None:
     return None
 
 
-def analyse(config, devices=None, *, cost_model: bool = False) -> dict:
-    """The memory report; with `cost_model`, also XLA's modeled step time, bytes and MFU (cost_model.py: two
-    more compiles of 1 and 2 unrolled layers)."""
+def analyse(config, devices=None, *, what: str = "the config", log=stderr, cost_model: bool = False) -> dict:
+    """Compiles the train step for `config` on `devices` (default: the local ones; a TPU topology's for an
+    ahead-of-time compile) and reports per-device memory. Progress goes through `log`: what is compiled for
+    which devices and how long that took last time, then a heartbeat every 30 s (big models take minutes).
+    With `cost_model`, also XLA's modeled step time, bytes and MFU (cost_model.py: two more compiles of 1 and 2
+    unrolled layers)."""
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices))
     mesh = sharding.make_mesh(config.mesh, devices)
     trainer = Trainer(config, mesh)
-    compiled = compile_or_explain(trainer)
-    mem = compiled.memory_analysis()
+    traced = trainer.trace_step()
+    step_compile.check_extents(traced.jaxpr, config)
+    compiled = step_compile.compile_with_progress(
+        trainer, traced, f"{what} for {len(devices)} x {devices[0].device_kind} (mesh {dict(mesh.shape)})",
+        key=step_compile.compile_key(config, devices), log=log)
+    report = memory_report(config, mesh, devices, compiled.memory_analysis())
+    report["attention_kernel"] = trainer.attention_kernel
+    if cost_model:
+        report.update(cost_model_lib.modeled_step(config, mesh, lambda c, m: compile_or_explain(Trainer(c, m))))
+    return report
+
+
+def memory_report(config, mesh, devices, mem) -> dict:
+    """The figures `format_report` prints, from XLA's memory analysis of the compiled step."""
     t = config.train
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     report = {
@@ -76,24 +97,7 @@ def analyse(config, devices=None, *, cost_model: bool = False) -> dict:
     report["temp_bytes_per_token"] = report["temp_bytes"] / tokens_per_device
     report["device_limit_bytes"] = device_memory_limit(devices[0])
     report["max_sequences_per_device"] = max_sequences(report, t.grad_accum_steps)
-    report["attention_kernel"] = trainer.attention_kernel
-    if cost_model:
-        report.update(cost_model_lib.modeled_step(config, mesh, lambda c, m: compile_or_explain(Trainer(c, m))))
     return report
-
-
-def compile_or_explain(trainer):
-    """The compiled step; a compile-time out-of-memory (TPU compiles check HBM) becomes one ConfigError line."""
-    try:
-        return trainer.compile_step()
-    except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type for this
-        text = str(e)
-        if "RESOURCE_EXHAUSTED" not in text and "HbmOom" not in text:
-            raise
-        detail = next((line.strip() for line in text.splitlines() if "exceeds" in line or "Ran out" in line),
-                      text.splitlines()[0])
-        raise ConfigError(f"the step does not fit in device memory ({detail}); enable model.remat, raise "
-                          "mesh.fsdp or lower train.global_batch_size") from None
 
 
 def max_sequences(report: dict, grad_accum_steps: int = 1) -> int | None:

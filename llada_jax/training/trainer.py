@@ -20,6 +20,7 @@ from llada_jax.models import registry as model_lib
 from llada_jax.objectives import registry as objectives
 from llada_jax.training.optimizer import make_optimizer
 from llada_jax.training.step import TrainState, eval_step, train_step
+from llada_jax.utils import compile_cache
 
 
 class Trainer:
@@ -80,15 +81,25 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             return jax.jit(init, out_shardings=self.state_shardings)()
 
-    def compile_step(self):
-        """Ahead-of-time compile for abstract inputs: the pre-flight check reads its memory analysis."""
+    def trace_step(self):
+        """The step traced for abstract inputs (shapes only, nothing allocated): its jaxpr holds every array's
+        shape, for checks before an ahead-of-time compile."""
         t = self.config.train
         rows = lambda dtype: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), dtype,  # noqa: E731
                                                   sharding=sharding.batch_sharding(self.mesh))
         batch = {"tokens": rows(jnp.int32)}
         batch.update({name: rows(dtype) for name, dtype in objectives.get(t.objective).batch_fields.items()})
         with jax.set_mesh(self.mesh):
-            return self._step.lower(self.sharded_abstract_state(), batch).compile()
+            return self._step.trace(self.sharded_abstract_state(), batch)
+
+    def compile_step(self, traced=None):
+        """Ahead-of-time compile for abstract inputs (of `traced`, else traced now): the pre-flight check reads
+        its memory analysis. A step for devices this process cannot run on (a TPU topology described from a CPU
+        machine) stays out of the persistent compilation cache, which could not load it back."""
+        traced = traced or self.trace_step()
+        compile_only = self.mesh.devices.flat[0] not in jax.devices()
+        with jax.set_mesh(self.mesh), compile_cache.uncached(compile_only):
+            return traced.lower().compile()
 
     def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
         with jax.set_mesh(self.mesh):

@@ -15,6 +15,7 @@ import time
 from etils import epath
 
 from llada_jax.config import ConfigError
+from llada_jax.utils.errors import storage_reason
 
 LOCK_FILE = ".llada_jax.lock"
 
@@ -40,9 +41,19 @@ def _create_exclusive(path: epath.Path, text: str) -> bool:
         fd = os.open(str(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError:
+        path.unlink(missing_ok=True)  # an empty lock (disk full) would only read as stale later
+        raise
     return True
+
+
+def _unwritable(workdir, error: OSError) -> ConfigError:
+    """The sentence for a workdir that cannot be written (read-only mount, disk full, no permission)."""
+    return ConfigError(f"--workdir={workdir} cannot be written ({storage_reason(error)}); training writes its "
+                       "checkpoints, metrics and params there: choose a folder on writable storage with free space")
 
 
 def make_workdir(workdir) -> epath.Path:
@@ -52,7 +63,10 @@ def make_workdir(workdir) -> epath.Path:
     path = as_path(workdir)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--workdir={workdir} is a file, not a folder; name a new folder or an earlier run's workdir")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(workdir, e) from None
     return path
 
 
@@ -69,7 +83,11 @@ class WorkdirLock:
             return self
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):  # a second try only after removing a stale lock
-            if _create_exclusive(self.path, json.dumps(me)):
+            try:
+                created = _create_exclusive(self.path, json.dumps(me))
+            except OSError as e:
+                raise _unwritable(self.path.parent, e) from None
+            if created:
                 self.held = True
                 return self
             holder = self._holder()

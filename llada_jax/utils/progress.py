@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -71,3 +72,23 @@ def timed(what: str, log: Callable[[str], None] = stderr):
     t0 = time.perf_counter()
     yield
     log(f"{what}: done in {time.perf_counter() - t0:.1f} s")
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, log: Callable[[str], None] = stderr, every_s: float = 30.0):
+    """Prints "WHAT (M:SS elapsed)" every `every_s` seconds until the block ends, from a thread, so a block that
+    sits in C++ for minutes (a big compile) still shows it is alive."""
+    stop = threading.Event()
+    start = time.perf_counter()
+
+    def beat():
+        while not stop.wait(every_s):
+            log(f"{what} ({fmt_time(time.perf_counter() - start)} elapsed)")
+
+    thread = threading.Thread(target=beat, daemon=True, name="llada-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
