@@ -51,8 +51,9 @@ def grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array, kernel: s
 
 def tile_rows(rows: int, groups: int) -> int:
     """Rows per tile of the tiled kernel: a power of two near rows / (8 groups), so padding adds at most ~1/8 of
-    the work and the per-tile weight copy stays near 9 copies of the weights; between 1 and 512."""
-    target = max(1, rows // (8 * groups))
+    the work and the per-tile weight copy stays near 9 copies of the weights; between 8 and 512 (at fewer rows
+    than 64 per group the padding matters less than a weight copy per row would)."""
+    target = max(8, rows // (8 * groups))
     return int(min(512, 1 << (target.bit_length() - 1)))
 
 
