@@ -38,6 +38,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="bfloat16", help="to-hf: bfloat16 or float32")
     parser.add_argument("--tokenizer", default=None, help="to-hf: tokenizer folder to copy alongside")
     parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--expert-layout", default="per-expert", choices=["per-expert", "stacked"],
+                        help="to-hf, mixture of experts: one tensor per expert (the released checkpoints) or, for "
+                             "LLaDA2.0, each layer's experts stacked in one tensor (dFactory's training layout)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out, replacing only the files the conversion writes")
     parser.add_argument("--config", default=None,
@@ -54,7 +57,8 @@ def run(args, overrides) -> int:
         if not args.checkpoint:
             raise ConfigError("convert to-hf needs --checkpoint=CKPT (a params export or a run workdir)")
         files = hf_export.to_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
-                              max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite)
+                              max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
+                              expert_layout=args.expert_layout)
         print(f"wrote {len(files)} files to {args.out}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}")
     else:
         if not args.hf_dir:
@@ -63,5 +67,6 @@ def run(args, overrides) -> int:
         config = hf_import.from_hf(args.hf_dir, args.out, load_config(config_path, overrides), overrides,
                                  overwrite=args.overwrite)
         m = config.model
-        print(f"imported {m.n_layers} x {m.d_model} ({'causal' if m.causal else 'bidirectional'}) into {args.out}")
+        experts = f", {m.moe.experts} experts" if m.get("moe", {}).get("experts") else ""
+        print(f"imported {m.n_layers} x {m.d_model}{experts} ({'causal' if m.causal else 'bidirectional'}) into {args.out}")
     return 0
