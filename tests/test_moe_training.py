@@ -123,3 +123,29 @@ def test_every_objective_gets_the_router_penalty(objective):
                                float(compute_loss(trainer.graphdef, small_moe_config(f"train.objective={objective}",
                                                                                       *extra),
                                                   params, batch, jax.random.key(0))[0]), rtol=1e-6)
+
+
+def test_a_sweep_of_a_mixture_of_experts_spends_its_budgets_on_active_parameters(tmp_path):
+    """`sweep plan` on an MoE base config: each run keeps the experts and its steps spend the budget as counted by
+    the active parameters (the dense count would plan far fewer steps)."""
+    import ml_collections
+
+    from llada_jax.config import load_config
+    from llada_jax.models import flops
+    from llada_jax.scaling import sweep
+
+    from helpers import ROOT
+
+    config = load_config(f"{ROOT}/configs/tiny_moe.py", ["model.moe.experts=32", "model.moe.n_groups=1",
+                                                         "model.moe.topk_groups=1", "train.seq_len=64"])
+    config.sweep = ml_collections.ConfigDict(dict(budgets=(3e12,), depths=(2, 3), aspect=64, head_dim=32,
+                                                  objectives=("mdm",), min_steps=10))
+    runs, _ = sweep.plan(config, tmp_path)
+    assert len(runs) == 2
+    for run in runs:
+        run_cfg = load_config(str(tmp_path / "runs" / run.name / "config.json"))
+        model = ModelConfig.from_config(run_cfg.model)
+        assert model.family == "llada2_moe" and model.moe.experts == 32 and model.d_model == run.d_model
+        spent = run.steps * run_cfg.train.global_batch_size * 64 * flops.flops_per_token(model, 64)
+        assert abs(spent - 3e12) <= 0.01 * 3e12
+        assert flops.param_counts(model)["total"] > 3 * flops.param_counts(model)["matmul"]
