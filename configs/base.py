@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.moe.load_balance_coef = 0.0  # load-balancing loss weight (LLaDA-MoE: 0.01)
     c.model.moe.z_loss_coef = 0.0  # router z-loss weight (LLaDA-MoE: 0.001)
     c.model.moe.capacity_factor = 0.0  # 0: dropless; c: an expert takes at most c x its fair share per device
-    c.model.moe.kernel = "auto"  # grouped matmul: auto (megablox on TPU, ragged_dot on GPU, tiled on CPU) | ...
+    c.model.moe.kernel = "auto"  # grouped matmul: auto (megablox on TPU, tiled elsewhere) | ragged_dot | megablox | tiled
 
     # Device mesh. data/fsdp/tensor are the sizes within one slice (ICI); -1 takes whatever devices the
     # other axes leave. dcn_* multiply an axis across slices (multi-slice pods; granule = slice, or process

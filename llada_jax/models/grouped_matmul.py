@@ -9,11 +9,12 @@ Kernels (model.moe.kernel; `auto` picks by backend):
   weight gradient group by group). Checked ahead of time for v5p: 1.0x the exact FLOPs both ways.
 - ragged_dot: jax.lax.ragged_dot. XLA lowers it natively on TPU and GPU; on CPU JAX decomposes it into a dense
   [groups, rows, ...] computation (groups times the work), and on TPU its weight gradient compiles dense too
-  (65x the exact FLOPs for 64 groups, measured ahead of time), which is why it is not the TPU default.
-- tiled (pure JAX, any backend, the CPU default): each group padded to whole tiles of `tile` rows, each tile
-  multiplied by its group's weight (gathered per tile): rows + groups * (tile - 1) rows of work at most, and a
-  [tiles, k, n] copy of the weights. Exact in both passes (the weight gradient is each tile's product summed
-  into its group).
+  (65x the exact FLOPs for 64 groups, measured ahead of time), which is why it is not the TPU default. Its GPU
+  lowering has not been measured here (no GPU time), so GPU defaults to `tiled` until it is.
+- tiled (pure JAX, any backend; the CPU and GPU default): each group padded to whole tiles of `tile` rows, each
+  tile multiplied by its group's weight (gathered per tile): rows + groups * (tile - 1) rows of work at most, and
+  a [tiles, k, n] copy of the weights (about 9 copies). Exact in both passes (the weight gradient is each tile's
+  product summed into its group).
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ MEGABLOX_TILE = (512, 1024, 1024)  # (rows, contracting, output) upper bounds; s
 
 
 def resolve_kernel(kernel: str, platform: str) -> str:
-    """The kernel to run on a platform: `auto` is megablox on TPU, ragged_dot on GPU, tiled elsewhere; megablox
-    off TPU runs in the Pallas interpreter (slow: for checking it on a CPU)."""
+    """The kernel to run on a platform: `auto` is megablox on TPU and tiled elsewhere; megablox off TPU runs in the
+    Pallas interpreter (slow: for checking it on a CPU)."""
     if kernel == "auto":
-        return {"tpu": "megablox", "gpu": "ragged_dot", "cuda": "ragged_dot", "rocm": "ragged_dot"}.get(platform, "tiled")
+        return "megablox" if platform == "tpu" else "tiled"
     if kernel == "megablox" and platform != "tpu":
         return "megablox_interpret"
     return kernel

@@ -37,7 +37,9 @@ class MoEBlock(nnx.Module):
         out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
         init_attention(self, cfg, rngs, out_std)
         self.ff_norm = nnx.Param(jnp.ones((d,), pdt), sharding_names=("norm",))
-        self.router = param(rngs, (d, e), cfg.init_std, pdt, ("embed", "routes"))
+        # std 1/sqrt(3 d), as the released LLaDA2.0 code's kaiming-uniform router init: scores that differ between
+        # tokens from the start, so balancing by bias shifts some tokens at a time rather than all of them
+        self.router = param(rngs, (d, e), (3 * d) ** -0.5, pdt, ("embed", "routes"))
         if moe.expert_bias:  # moved by load after each step (models/moe_state.py), never by gradients
             self.expert_bias = nnx.Param(jnp.zeros((e,), pdt), sharding_names=("routes",))
         self.expert_gate = param(rngs, (e, d, f), cfg.init_std, pdt, ("experts", "embed", "mlp"))

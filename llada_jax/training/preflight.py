@@ -46,13 +46,18 @@ def device_memory_limit(device) -> int | None:
 
 
 def analyse(config, devices=None) -> dict:
+    return analyse_compiled(config, devices)[0]
+
+
+def analyse_compiled(config, devices=None):
+    """(the memory report, the compiled step) for a config on `devices` (default: the local ones)."""
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices))
     mesh = sharding.make_mesh(config.mesh, devices)
     compiled = compile_or_explain(Trainer(config, mesh))
     mem = compiled.memory_analysis()
     t = config.train
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
     report = {
         "devices": len(devices),
         "device_kind": devices[0].device_kind,
@@ -72,7 +77,7 @@ def analyse(config, devices=None) -> dict:
     report["temp_bytes_per_token"] = report["temp_bytes"] / tokens_per_device
     report["device_limit_bytes"] = device_memory_limit(devices[0])
     report["max_sequences_per_device"] = max_sequences(report, t.grad_accum_steps)
-    return report
+    return report, compiled
 
 
 def compile_or_explain(trainer):
