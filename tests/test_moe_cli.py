@@ -90,3 +90,19 @@ def test_sample_score_and_preflight_run_on_the_moe_checkpoint(moe_run, tmp_path,
     assert main(["preflight", f"--config={TINY_MOE}", "--json", *SHRINK, "--config.mesh.expert=2"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["mesh"]["expert"] == 2 and report["temp_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_eval_runs_on_the_moe_checkpoint(moe_run, tmp_path, monkeypatch):
+    """`llada-jax eval` (lm-evaluation-harness, a local multiple-choice task, offline) on the MoE run."""
+    pytest.importorskip("lm_eval")
+    from test_eval import eval_argv, write_tasks
+
+    workdir, _ = moe_run
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    output = tmp_path / "results.json"
+    assert main(eval_argv(str(workdir), write_tasks(tmp_path / "tasks"), output, "local_mc")) == 0
+    accuracy = json.loads(output.read_text())["results"]["local_mc"]["acc,none"]
+    assert 0.0 <= accuracy <= 1.0

@@ -42,7 +42,7 @@ def grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array, kernel: s
     if kernel.startswith("megablox"):  # its backward leaves the padding rows' gradient unwritten: cut them off
         out = _megablox(jnp.where(rows[:, None], x, 0), w, group_sizes, interpret=kernel == "megablox_interpret")
     elif kernel == "ragged_dot":
-        out = jax.lax.ragged_dot(x, w.astype(x.dtype), group_sizes, preferred_element_type=jnp.float32)
+        out = jax.lax.ragged_dot(x, w.astype(x.dtype), group_sizes)
     elif kernel == "tiled":
         out = tiled_matmul(x, w.astype(x.dtype), group_sizes)
     else:
@@ -89,6 +89,6 @@ def _megablox(x, w, group_sizes, interpret: bool):
     tiling = (tm, min(MEGABLOX_TILE[1], k), min(MEGABLOX_TILE[2], n))
     pad = -r % tm
     xp = jnp.pad(x, ((0, pad), (0, 0))) if pad else x
-    out = gmm(xp, w.astype(x.dtype), group_sizes, preferred_element_type=jnp.float32, tiling=tiling,
-              interpret=interpret)
+    # accumulates in float32 inside the kernel; the output (rows x width, the layer's largest) in x's dtype
+    out = gmm(xp, w.astype(x.dtype), group_sizes, preferred_element_type=x.dtype, tiling=tiling, interpret=interpret)
     return out[:r]
