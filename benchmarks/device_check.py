@@ -11,7 +11,10 @@ Rows (random weights throughout; compilation is timed apart from the steady stat
                  params), bf16 serving, prefix cache, dual cache, dual cache + threshold 0.9; seconds per batch
                  and the speed-up over LLaDA's generate.py on one H100 (9.02 s for 256 tokens at batch 1)
 - scoring        batched Monte Carlo scoring against the one-request loop (the official class), rows/s
-- moe_step, block_diffusion_step: the MoE and block-diffusion train steps, once those objectives exist
+- moe_step       configs/llada2_mini.py's layers (3 of 20: the dense one and two with 256 experts, top 8) at 2 x 4096
+                 tokens per device: tokens/s, MFU of the active parameters, peak memory, grouped-matmul kernel,
+                 worst layer's max/mean expert load
+- block_diffusion_step: the block-diffusion train step, once that objective exists
 A row that crashes is marked FAILED with its one-line cause and makes the exit code 1; a row the time budget
 leaves no room for is marked SKIPPED (budget); nothing is left out silently. `--smoke` runs every row at toy
 shapes (CPU: under a minute), which tests/test_benchmarks.py does.
@@ -57,6 +60,9 @@ class Scale:
     sampler_batches: tuple
     score_requests: int
     score_mc: int
+    moe_config: str = "configs/llada2_mini.py"
+    moe_overrides: tuple = ("model.n_layers=3", "mesh.expert=1", "train.seq_len=4096")
+    moe_rows: int = 2
 
 
 FULL = Scale("configs/llada_1b.py", ("train.seq_len=4096",), 4, "configs/llada_8b.py", ("model.n_layers=6",), 2, 5,
@@ -67,7 +73,9 @@ TOY_MODEL = ("model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.n
              "model.pad_token_id=1", "train.seq_len=64")
 SMOKE = Scale("configs/llada_1b.py", TOY_MODEL, 2, "configs/llada_8b.py", TOY_MODEL, 2, 1,
               dict(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16, mlp_hidden=128,
-                   max_seq_len=128, mask_token_id=259), 16, 16, 8, (1, 2), 4, 8)
+                   max_seq_len=128, mask_token_id=259), 16, 16, 8, (1, 2), 4, 8, "configs/tiny_moe.py",
+              ("model.d_model=64", "model.mlp_hidden=96", "model.moe.expert_hidden=32", "model.max_seq_len=128",
+               "train.seq_len=64", "mesh.expert=1"), 2)
 
 
 class Skipped(Exception):
@@ -117,10 +125,11 @@ def measure_step(config, mesh, steps: int) -> dict:
     n_tokens = t.global_batch_size * t.seq_len
     model_flops = flops.flops_per_token(ModelConfig.from_config(config.model), t.seq_len) * n_tokens
     peak = chips.peak_tflops(jax.devices()[0].device_kind)
+    router = {"worst_load": float(metrics["moe_worst_load"])} if "moe_worst_load" in metrics else {}
     return {"tokens_per_s": n_tokens / step_s, "step_s": step_s, "compile_s": compile_s,
             "mfu": model_flops / step_s / (peak * 1e12 * jax.device_count()) if peak else None,
             "peak_gib": peak_memory_gib(), "kernel": trainer.attention_kernel, "loss": loss,
-            "rows_per_device": t.global_batch_size // jax.device_count(), "seq_len": t.seq_len}
+            "rows_per_device": t.global_batch_size // jax.device_count(), "seq_len": t.seq_len, **router}
 
 
 def peak_memory_gib():
@@ -246,6 +255,16 @@ def row_scoring(scale: Scale) -> dict:
             "largest_difference_nats": float(np.max(np.abs(np.asarray(got)[:, 0] - np.asarray(want)[:, 0])))}
 
 
+def row_moe_step(scale: Scale) -> dict:
+    """The MoE train step (MFU counts the active parameters) and the grouped matmul it ran."""
+    from llada_jax.config import ModelConfig
+    from llada_jax.models import registry as model_lib
+
+    config, mesh = train_setup(scale.moe_config, scale.moe_overrides, scale.moe_rows)
+    cfg = model_lib.for_platform(ModelConfig.from_config(config.model), mesh.devices.flat[0].platform)
+    return {**measure_step(config, mesh, scale.steps), "grouped_matmul": cfg.moe.kernel}
+
+
 def row_not_built(objective: str, issue: int):
     def row(scale: Scale):
         raise Skipped(f"the {objective} train step does not exist yet (issue {issue})")
@@ -258,7 +277,7 @@ ROWS = {
     "layer_8b": row_layer_8b,
     "sampler_8b": row_sampler_8b,
     "scoring": row_scoring,
-    "moe_step": row_not_built("mixture-of-experts", 23),
+    "moe_step": row_moe_step,
     "block_diffusion_step": row_not_built("block-diffusion", 22),
 }
 

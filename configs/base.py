@@ -11,7 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The mask predictor: a LLaMA-style Transformer, bidirectional unless causal=True (AR baseline).
     c.model = ml_collections.ConfigDict()
-    c.model.family = "llada"  # the architecture (llada_jax/models/registry.py): llada (the dense mask predictor)
+    # the architecture (llada_jax/models/registry.py): llada (the dense mask predictor) | llada_moe (LLaDA-MoE) |
+    # llada2_moe (LLaDA2.0): mixtures of experts configured by model.moe below
+    c.model.family = "llada"
     c.model.vocab_size = 126464  # rows of the embedding / columns of the output head
     c.model.d_model = 512
     c.model.n_layers = 8
@@ -44,6 +46,25 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.mask_token_id = 126336
     c.model.eos_token_id = 126081
     c.model.pad_token_id = 126081
+    # Mixture of experts (families llada_moe and llada2_moe; experts=0 for the dense family). See
+    # llada_jax/models/moe_routing.py and moe_dispatch.py; configs/llada2_mini.py has LLaDA2.0's values.
+    c.model.moe = ml_collections.ConfigDict()
+    c.model.moe.experts = 0  # routed experts per MoE layer
+    c.model.moe.top_k = 2  # experts per token
+    c.model.moe.expert_hidden = 0  # SwiGLU hidden size of one routed expert
+    c.model.moe.shared_experts = 0  # always-on experts (one fused SwiGLU of shared_experts * expert_hidden)
+    c.model.moe.first_dense_layers = 0  # leading layers with a dense SwiGLU of model.mlp_hidden
+    c.model.moe.router = "softmax"  # softmax | sigmoid scores, computed in float32
+    c.model.moe.norm_topk = False  # renormalise the chosen experts' scores to sum 1
+    c.model.moe.routed_scaling = 1.0  # routed experts' weights times this
+    c.model.moe.n_groups = 1  # group-limited routing: experts split into n_groups groups, and each token
+    c.model.moe.topk_groups = 1  # chooses its experts inside its topk_groups best groups
+    c.model.moe.expert_bias = False  # aux-loss-free balancing: a per-expert bias for selection only, updated by
+    c.model.moe.bias_update_rate = 1e-3  # load after each step (bias += rate * sign(mean load - load)), no gradient
+    c.model.moe.load_balance_coef = 0.0  # load-balancing loss weight (LLaDA-MoE: 0.01)
+    c.model.moe.z_loss_coef = 0.0  # router z-loss weight (LLaDA-MoE: 0.001)
+    c.model.moe.capacity_factor = 0.0  # 0: dropless; c: an expert takes at most c x its fair share per device
+    c.model.moe.kernel = "auto"  # grouped matmul: auto (megablox on TPU, tiled elsewhere) | ragged_dot | megablox | tiled
 
     # Device mesh. data/fsdp/tensor are the sizes within one slice (ICI); -1 takes whatever devices the
     # other axes leave. dcn_* multiply an axis across slices (multi-slice pods; granule = slice, or process
@@ -51,9 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1
     c.mesh.fsdp = -1
+    c.mesh.expert = 1  # expert parallelism: splits a mixture of experts' experts (and the batch elsewhere)
     c.mesh.tensor = 1
     c.mesh.dcn_data = 1
     c.mesh.dcn_fsdp = 1
+    c.mesh.dcn_expert = 1
     c.mesh.dcn_tensor = 1
 
     # Multi-process runtime (jax.distributed). Cloud TPU VMs and SLURM are detected when auto is on.

@@ -22,13 +22,50 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
 DTYPES = ("float32", "bfloat16", "float16")
 # Names the registries answer to (llada_jax/models/registry.py, llada_jax/objectives/registry.py); listed here
 # so a typo is caught before JAX loads. A test keeps them equal to the registries' keys.
-MODEL_FAMILIES = ("llada",)
+MODEL_FAMILIES = ("llada", "llada_moe", "llada2_moe")
 OBJECTIVES = ("mdm", "sft", "ar")
 SCHEDULES = ("wsd", "cosine", "constant")
 
 
+MOE_ROUTERS = ("softmax", "sigmoid")
+MOE_KERNELS = ("auto", "ragged_dot", "megablox", "tiled")
+
+
 class ConfigError(ValueError):
     """A user-fixable problem with the config; the message names the value and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """Typed view of `config.model.moe`: the mixture-of-experts knobs of the llada_moe / llada2_moe families
+    (experts=0: a dense model). Every default keeps a checkpoint written before this section existed as it was."""
+
+    experts: int = 0  # routed experts per MoE layer
+    top_k: int = 2  # experts each token is sent to
+    expert_hidden: int = 0  # SwiGLU hidden size of one routed expert
+    shared_experts: int = 0  # always-on experts, fused into one SwiGLU of shared_experts * expert_hidden
+    first_dense_layers: int = 0  # leading layers with a dense SwiGLU of model.mlp_hidden instead of experts
+    router: str = "softmax"  # softmax | sigmoid scores (the router runs in float32)
+    norm_topk: bool = False  # renormalise the chosen experts' scores to sum 1
+    routed_scaling: float = 1.0  # the routed experts' weights times this
+    n_groups: int = 1  # group-limited routing: experts in n_groups groups ...
+    topk_groups: int = 1  # ... and each token picks experts from its topk_groups best groups only
+    expert_bias: bool = False  # aux-loss-free balancing: a bias on the scores used for selection only ...
+    bias_update_rate: float = 1e-3  # ... moved by this much per step towards the mean load (not by gradients)
+    load_balance_coef: float = 0.0  # weight of the load-balancing loss
+    z_loss_coef: float = 0.0  # weight of the router z-loss
+    capacity_factor: float = 0.0  # 0: dropless; else an expert takes capacity_factor * fair share per device
+    kernel: str = "auto"  # grouped matmul: auto | ragged_dot | megablox (TPU) | tiled (pure JAX, any backend)
+
+    @classmethod
+    def from_config(cls, moe_cfg) -> "MoEConfig":
+        if isinstance(moe_cfg, MoEConfig):
+            return moe_cfg
+        d = dict(moe_cfg.to_dict() if hasattr(moe_cfg, "to_dict") else (moe_cfg or {}))
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown model.moe field(s) {sorted(unknown)}; see configs/base.py for the valid ones")
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +99,16 @@ class ModelConfig:
     mask_token_id: int = 126336
     eos_token_id: int = 126081
     pad_token_id: int = 126081
+    moe: MoEConfig = MoEConfig()
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe.experts > 0
+
+    @property
+    def moe_layers(self) -> int:
+        """How many layers route to experts (the rest, first, are dense)."""
+        return self.n_layers - self.moe.first_dense_layers if self.is_moe else 0
 
     @classmethod
     def from_config(cls, model_cfg) -> "ModelConfig":
@@ -80,6 +127,7 @@ class ModelConfig:
             d["head_dim"] = d["d_model"] // d["n_heads"]
         if not d.get("rotary_dim"):
             d["rotary_dim"] = d["head_dim"]
+        d["moe"] = MoEConfig.from_config(d.get("moe"))
         return cls(**d)
 
 
@@ -204,6 +252,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     validate_checkpoint(config.checkpoint)
     validate_distributed(config.get("distributed"))
     validate_optimizer(config.optimizer)
+    validate_moe_mesh(model, config.mesh)
     if device_count is not None:
         validate_mesh(config, device_count)
 
@@ -242,7 +291,60 @@ def validate_model(m) -> ModelConfig:
                 f"model.{name}={getattr(mc, name)} is outside the vocabulary [0, {mc.vocab_size}); "
                 "set it to an id of your tokenizer or grow model.vocab_size"
             )
+    validate_moe(mc)
     return mc
+
+
+def validate_moe(mc: ModelConfig) -> None:
+    """The model.moe section: a mixture-of-experts family needs experts, a dense one none; sizes that fit."""
+    moe, dense = mc.moe, mc.family == "llada"
+    if dense and moe.experts:
+        raise ConfigError(f"model.moe.experts={moe.experts} needs a mixture-of-experts family; set "
+                          "model.family='llada_moe' or 'llada2_moe' (or model.moe.experts=0 for a dense model)")
+    if dense:
+        return
+    if moe.experts <= 0 or moe.expert_hidden <= 0:
+        raise ConfigError(f"model.family={mc.family!r} needs model.moe.experts > 0 and model.moe.expert_hidden > 0 "
+                          f"(got {moe.experts} and {moe.expert_hidden})")
+    if not 1 <= moe.top_k <= moe.experts:
+        raise ConfigError(f"model.moe.top_k={moe.top_k} must be in [1, model.moe.experts={moe.experts}]")
+    if not 0 <= moe.first_dense_layers < mc.n_layers:
+        raise ConfigError(f"model.moe.first_dense_layers={moe.first_dense_layers} must be in [0, model.n_layers="
+                          f"{mc.n_layers}): at least one layer must route to experts")
+    if moe.router not in MOE_ROUTERS:
+        raise ConfigError(f"model.moe.router={moe.router!r} is unknown; use one of {MOE_ROUTERS}")
+    if moe.kernel not in MOE_KERNELS:
+        raise ConfigError(f"model.moe.kernel={moe.kernel!r} is unknown; use one of {MOE_KERNELS}")
+    _validate_moe_groups(moe)
+    for name in ("shared_experts", "bias_update_rate", "load_balance_coef", "z_loss_coef", "capacity_factor"):
+        if getattr(moe, name) < 0:
+            raise ConfigError(f"model.moe.{name}={getattr(moe, name)} must be >= 0")
+    if moe.routed_scaling <= 0:
+        raise ConfigError(f"model.moe.routed_scaling={moe.routed_scaling} must be positive")
+
+
+def _validate_moe_groups(moe: MoEConfig) -> None:
+    """Group-limited routing: groups tile the experts and the chosen groups hold at least top_k experts."""
+    if moe.n_groups < 1 or moe.experts % moe.n_groups:
+        raise ConfigError(f"model.moe.n_groups={moe.n_groups} must divide model.moe.experts={moe.experts}")
+    if not 1 <= moe.topk_groups <= moe.n_groups:
+        raise ConfigError(f"model.moe.topk_groups={moe.topk_groups} must be in [1, model.moe.n_groups={moe.n_groups}]")
+    if moe.topk_groups * (moe.experts // moe.n_groups) < moe.top_k:
+        raise ConfigError(f"model.moe.topk_groups={moe.topk_groups} groups of {moe.experts // moe.n_groups} experts "
+                          f"hold fewer than model.moe.top_k={moe.top_k}; raise topk_groups or lower top_k")
+
+
+def validate_moe_mesh(mc: ModelConfig, mesh_cfg) -> None:
+    """The expert mesh axis splits the experts evenly (and only a mixture-of-experts model has experts to split)."""
+    expert = int(mesh_cfg.get("expert", 1)) * int(mesh_cfg.get("dcn_expert", 1))
+    if expert < 1:
+        return  # mesh_shapes says what is wrong with it
+    if expert > 1 and not mc.is_moe:
+        raise ConfigError(f"mesh.expert={expert} needs a mixture-of-experts model (model.family='llada_moe' or "
+                          "'llada2_moe'); a dense model has no experts to split, so set mesh.expert=1")
+    if mc.is_moe and mc.moe.experts % expert:
+        raise ConfigError(f"mesh.expert={expert} does not divide model.moe.experts={mc.moe.experts}; each device "
+                          "of the expert axis must hold the same number of experts")
 
 
 def validate_train(t, mc: ModelConfig) -> None:
@@ -303,19 +405,22 @@ def validate_optimizer(o) -> None:
 def validate_mesh(config, device_count: int) -> None:
     """The mesh fits the devices and the micro-batch splits over its batch axes."""
     shape = mesh_shape(config.mesh, device_count)
-    batch_shards = shape["data"] * shape["fsdp"]
+    batch_shards = shape["data"] * shape["fsdp"] * shape["expert"]
+    axes = "data*fsdp*expert" if shape["expert"] > 1 else "data*fsdp"
     t = config.train
     micro = t.global_batch_size // t.grad_accum_steps
     if micro % batch_shards:
         raise ConfigError(
             f"the micro-batch of {micro} sequences (train.global_batch_size / train.grad_accum_steps) does not "
-            f"split over mesh data*fsdp={batch_shards} devices; make it a multiple of {batch_shards}"
+            f"split over mesh {axes}={batch_shards} devices; make it a multiple of {batch_shards}"
         )
 
 
 # ---------------------------------------------------------------- the mesh section's arithmetic (no JAX needed)
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# `expert` splits the experts of a mixture-of-experts model (and the batch, like data, everywhere else); configs
+# and checkpoints written before it existed have no such field and read as expert=1.
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
 
 def mesh_shapes(mesh_cfg: Mapping[str, int], device_count: int) -> tuple[dict[str, int], dict[str, int]]:
@@ -329,7 +434,7 @@ def mesh_shapes(mesh_cfg: Mapping[str, int], device_count: int) -> tuple[dict[st
             f"mesh dcn factors {dcn} ask for {slices} slices but {device_count} devices do not split into {slices} equal slices"
         )
     per_slice = device_count // slices
-    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
+    sizes = {axis: int(mesh_cfg.get(axis, 1)) for axis in MESH_AXES}
     fills = [axis for axis, size in sizes.items() if size == -1]
     bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
     if bad or len(fills) > 1:
@@ -347,7 +452,7 @@ def mesh_shapes(mesh_cfg: Mapping[str, int], device_count: int) -> tuple[dict[st
         raise ConfigError(
             f"mesh {sizes} multiplies to {math.prod(sizes.values())} but there are {per_slice} devices"
             + (f" per slice ({device_count} in {slices} slices)" if slices > 1 else "")
-            + "; make data*fsdp*tensor equal the device count (or set one axis to -1)"
+            + "; make data*fsdp*expert*tensor equal the device count (or set one axis to -1)"
         )
     return sizes, dcn
 

@@ -1,8 +1,12 @@
 """The device mesh and the one table that maps logical axis names to mesh axes.
 
 Model code names array dimensions logically ("embed", "mlp", "heads", "vocab", "batch"); this file alone
-maps them to the mesh axes (data, fsdp, tensor), whose sizes config.py's mesh section works out. The same
+maps them to the mesh axes (data, fsdp, expert, tensor), whose sizes config.py's mesh section works out. The same
 code runs on 1 CPU device and on a pod slice: only the mesh shape changes.
+
+Expert parallelism: `expert` splits a mixture of experts' experts ("experts") and, like data, the batch; weights
+without an experts dimension are sharded over it like FSDP (after fsdp), so no device holds a copy the others
+have. At expert=1 (every dense model) every spec is what it was before the axis existed.
 """
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from llada_jax.config import MESH_AXES, ConfigError, mesh_shapes
 
 # logical name -> mesh axis (or tuple of axes, or None for replicated).
 LOGICAL_AXIS_RULES: dict[str, Any] = {
-    "batch": ("data", "fsdp"),
+    "batch": ("data", "fsdp", "expert"),
     "length": None,
     "act_embed": None,
     "vocab": "tensor",
-    "embed": "fsdp",
+    "embed": ("fsdp", "expert"),
+    "experts": "expert",  # the experts dimension of stacked expert weights
+    "routes": None,  # a router's output dimension (one score per expert: small, kept whole)
     "mlp": "tensor",
     "heads": "tensor",
     "kv_heads": "tensor",

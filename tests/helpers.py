@@ -48,3 +48,17 @@ def xla_flags(devices: int) -> str:
     instead of 5.8 s)."""
     return (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
             "--xla_cpu_use_fusion_emitters=false")
+
+
+# small_config's model as LLaDA2.0's mixture of experts (three layers: one dense, two with 8 experts, top 2)
+MOE_MODEL = [
+    "model.family=llada2_moe", "model.n_layers=3", "model.n_kv_heads=2", "model.qk_norm=True", "model.rotary_dim=4",
+    "model.moe.experts=8", "model.moe.top_k=2", "model.moe.expert_hidden=16", "model.moe.shared_experts=1",
+    "model.moe.first_dense_layers=1", "model.moe.router=sigmoid", "model.moe.norm_topk=True",
+    "model.moe.routed_scaling=2.5", "model.moe.n_groups=4", "model.moe.topk_groups=2", "model.moe.expert_bias=True",
+]
+
+
+def small_moe_config(*overrides: str):
+    """small_config() as a llada2_moe model (float32, so 8 devices and 1 agree to rounding)."""
+    return small_config(*MOE_MODEL, "model.dtype=float32", *overrides)

@@ -10,6 +10,9 @@ from llada_jax.config import ConfigError, ModelConfig
 SHAPE_FIELDS = ("family", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
                 "qk_norm", "qkv_bias", "tie_embeddings")
 
+# a mixture of experts' fields that decide its params' shapes (model.moe.*; absent in older checkpoints: defaults)
+MOE_SHAPE_FIELDS = ("experts", "expert_hidden", "shared_experts", "first_dense_layers", "expert_bias")
+
 SCHEDULE_FIELDS = ("train.steps", "train.global_batch_size", "train.seq_len", "train.objective", "optimizer.lr",
                    "optimizer.schedule", "optimizer.warmup_steps", "optimizer.final_ratio", "optimizer.wsd_drop_at",
                    "optimizer.wsd_decay_from", "optimizer.wsd_drop_ratio")
@@ -30,8 +33,9 @@ def check_model_matches(saved: ml_collections.ConfigDict, config: ml_collections
     """Stops with one sentence when a checkpoint's model shape differs from the config's. Fields a checkpoint
     predates count as their defaults (a checkpoint without `family` is a dense LLaDA model)."""
     ours, theirs = ModelConfig.from_config(config.model), ModelConfig.from_config(saved.model)
-    for field in SHAPE_FIELDS:
-        a, b = getattr(theirs, field), getattr(ours, field)
+    pairs = [(f, getattr(theirs, f), getattr(ours, f)) for f in SHAPE_FIELDS]
+    pairs += [(f"moe.{f}", getattr(theirs.moe, f), getattr(ours.moe, f)) for f in MOE_SHAPE_FIELDS]
+    for field, a, b in pairs:
         if a != b:
             raise ConfigError(
                 f"the checkpoint in {where} has model.{field}={a} but the config has model.{field}={b}; "

@@ -51,6 +51,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     to_hf.add_argument("--dtype", default="bfloat16", help="dtype of the weights: bfloat16 or float32")
     to_hf.add_argument("--tokenizer", default=None, help="tokenizer folder to copy alongside")
     to_hf.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB, 500MB, 2GiB")
+    to_hf.add_argument("--expert-layout", default="per-expert", choices=["per-expert", "stacked"],
+                       help="mixture of experts: one tensor per expert (the released checkpoints) or, for "
+                            "LLaDA2.0, each layer's experts stacked in one tensor (dFactory's training layout)")
     from_hf = directions.add_parser("from-hf", formatter_class=_HelpFormatter, help=FROM_HF.split("\n")[0],
                                     description=FROM_HF)
     from_hf.add_argument("--hf-dir", required=True, help="folder with config.json and *.safetensors")
@@ -75,7 +78,8 @@ def run(args, overrides) -> int:
         from llada_jax.interop import hf_export
 
         files = hf_export.to_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
-                                max_shard_bytes=max_shard_bytes, overwrite=args.overwrite)
+                                max_shard_bytes=max_shard_bytes, overwrite=args.overwrite,
+                                expert_layout=args.expert_layout)
         print(f"wrote {len(files)} files to {args.out}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}")
     else:
         from llada_jax.interop import hf_import
@@ -84,5 +88,6 @@ def run(args, overrides) -> int:
         config = hf_import.from_hf(args.hf_dir, args.out, load_config(config_path, overrides), overrides,
                                    overwrite=args.overwrite)
         m = config.model
-        print(f"imported {m.n_layers} x {m.d_model} ({'causal' if m.causal else 'bidirectional'}) into {args.out}")
+        experts = f", {m.moe.experts} experts" if m.get("moe", {}).get("experts") else ""
+        print(f"imported {m.n_layers} x {m.d_model}{experts} ({'causal' if m.causal else 'bidirectional'}) into {args.out}")
     return 0

@@ -22,7 +22,8 @@ def inference_mesh(config, overrides=()):
     Params are resharded onto this mesh on load.
     """
     config = config.copy_and_resolve_references()
-    config.mesh.update({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1, "dcn_fsdp": 1, "dcn_tensor": 1})
+    config.mesh.update({"data": 1, "fsdp": -1, "expert": 1, "tensor": 1, "dcn_data": 1, "dcn_fsdp": 1, "dcn_expert": 1,
+                        "dcn_tensor": 1})
     for item in overrides:
         if not item.startswith("--config.mesh."):
             raise ConfigError(f"{item.split('=')[0]} does not apply here; the model comes from the checkpoint "
@@ -59,6 +60,7 @@ class InferenceModel:
         stored)."""
         dtype = None if param_dtype is None else serving_params.serving_dtype(param_dtype)
         params = params_export.restore_params(self.directory, self.config, self.mesh)
-        self.graphdef = model_lib.graphdef(ModelConfig.from_config(self.config.model))
-        self.params = serving_params.cast_params(params, dtype)
+        cfg = model_lib.for_platform(ModelConfig.from_config(self.config.model), self.mesh.devices.flat[0].platform)
+        self.graphdef = model_lib.graphdef(cfg)
+        self.params = serving_params.cast_params(params, dtype, keep=model_lib.FLOAT32_PARAMS)
         return self

@@ -25,12 +25,16 @@ def serving_dtype(choice: str, platform: str | None = None):
     return jnp.dtype(choice)
 
 
-def cast_params(params, dtype):
-    """Every floating-point leaf as `dtype` (sharding kept); integer leaves and dtype None leave params as they are."""
+def cast_params(params, dtype, keep=()):
+    """Every floating-point leaf as `dtype` (sharding kept), except leaves named in `keep` (a mixture of experts'
+    routers, which decide in float32); integer leaves and dtype None leave params as they are."""
     if dtype is None:
         return params
 
-    def cast(a):
-        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype else a
+    def cast(path, a):
+        name = getattr(path[-1], "key", None) if path else None
+        if name in keep or not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype == dtype:
+            return a
+        return a.astype(dtype)
 
-    return jax.tree.map(cast, params)
+    return jax.tree_util.tree_map_with_path(cast, params)

@@ -8,13 +8,27 @@ model family's official release) is one module and one entry here.
 from __future__ import annotations
 
 from llada_jax.config import ConfigError, ModelConfig
-from llada_jax.interop import llada_format, llama_format
+from llada_jax.interop import llada2_format, llada_format, llada_moe_format, llama_format
 
-FORMATS = {f.NAME: f for f in (llada_format, llama_format)}
+# the mixture-of-experts formats first: LLaDA-MoE's official config.json says model_type "llada" too (its
+# `matches` tells it apart by its architecture)
+FORMATS = {f.NAME: f for f in (llada_moe_format, llada2_format, llada2_format.STACKED, llada_format, llama_format)}
+EXPERT_LAYOUTS = ("per-expert", "stacked")  # how a mixture of experts' file holds the experts (convert to-hf)
 
 
-def for_model(cfg: ModelConfig):
-    """The format a model exports to: a mask predictor to the official LLaDA one, the AR baseline to Llama."""
+def for_model(cfg: ModelConfig, expert_layout: str = "per-expert"):
+    """The format a model exports to: a mask predictor to the official LLaDA one, the AR baseline to Llama, a
+    mixture of experts to its family's (LLaDA2.0's files hold one tensor per expert, or all of a layer's in one
+    with expert_layout="stacked", as dFactory trains them)."""
+    if expert_layout not in EXPERT_LAYOUTS:
+        raise ConfigError(f"--expert-layout={expert_layout} is unknown; use one of {', '.join(EXPERT_LAYOUTS)}")
+    if cfg.family == "llada2_moe":
+        return llada2_format.STACKED if expert_layout == "stacked" else llada2_format
+    if expert_layout == "stacked":
+        raise ConfigError(f"--expert-layout=stacked is LLaDA2.0's (dFactory's) layout; a {cfg.family} model is written "
+                          "with one tensor per expert, as its release stores it")
+    if cfg.family == "llada_moe":
+        return llada_moe_format
     return llama_format if cfg.causal else llada_format
 
 
@@ -22,16 +36,16 @@ def for_hf_config(hf: dict):
     """The format whose model_type a config.json declares; one sentence when none reads it."""
     kind = hf.get("model_type")
     for fmt in FORMATS.values():
-        if fmt.MODEL_TYPE == kind:
+        if fmt.matches(hf) if hasattr(fmt, "matches") else fmt.MODEL_TYPE == kind:
             return fmt
-    known = " or ".join(repr(f.MODEL_TYPE) for f in FORMATS.values())
+    known = " or ".join(sorted({repr(f.MODEL_TYPE) for f in FORMATS.values()}))
     raise ConfigError(f"config.json has model_type={kind!r}; llada_jax imports {known} checkpoints")
 
 
 def model_options(cfg: ModelConfig) -> set[str]:
     """The optional architecture features a model uses (a format must carry each of them to export it)."""
     used = {"qk_norm": cfg.qk_norm, "qkv_bias": cfg.qkv_bias, "tie_embeddings": cfg.tie_embeddings,
-            "partial_rotary": cfg.rotary_dim != cfg.head_dim}
+            "partial_rotary": cfg.rotary_dim != cfg.head_dim, "experts": cfg.is_moe}
     return {name for name, on in used.items() if on}
 
 

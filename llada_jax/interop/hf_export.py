@@ -25,19 +25,20 @@ _EXPORT_FILES = ("config.json", "llada_jax_config.json", "model.safetensors.inde
 
 
 def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard_bytes: int = 5 * 10**9,
-          overwrite: bool = False) -> list[str]:
+          overwrite: bool = False, expert_layout: str = "per-expert") -> list[str]:
     """Writes config.json and safetensors (sharded with an index above `max_shard_bytes`); returns the files.
 
     The host needs about one parameter's memory, not the model's. A non-empty `out` needs `overwrite`, and then
     only the files an export writes are replaced (stale shards of an earlier export removed); other files in
-    it are kept.
+    it are kept. `expert_layout` (a mixture of experts): per-expert tensors as released, or LLaDA2.0's stacked
+    training layout.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype={dtype!r} is not supported; use bfloat16 or float32")
     source = locate.resolve(checkpoint)
     config = locate.read_config(source)
     cfg = ModelConfig.from_config(config.model)
-    fmt = formats.for_model(cfg)
+    fmt = formats.for_model(cfg, expert_layout)
     formats.check_representable(fmt, cfg)
     hf = fmt.hf_config(cfg, dtype)  # refuses unrepresentable shapes before anything is written
     np_dtype = np.dtype(safetensors_io.DTYPES[DTYPES[dtype]])
@@ -50,7 +51,7 @@ def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard
 
     out.mkdir(parents=True, exist_ok=True)
     _remove_earlier_export(out)
-    _write_shards(out, names, shards, np_dtype, _OneLeaf(source / locate.PARAMS_ITEM))
+    _write_shards(out, names, shards, np_dtype, _Leaves(source / locate.PARAMS_ITEM))
     written = list(names)
     if len(shards) > 1:
         written.append(_write_index(out, names, shards, np_dtype))
@@ -95,7 +96,7 @@ def _shards(plan, itemsize: int, max_shard_bytes: int) -> list[list]:
     """The plan cut into files of at most `max_shard_bytes` (a tensor larger than that gets a file of its own)."""
     shards, current, size = [], [], 0
     for entry in plan:
-        nbytes = math.prod(entry[3]) * itemsize
+        nbytes = math.prod(entry.shape) * itemsize
         if current and size + nbytes > max_shard_bytes:
             shards.append(current)
             current, size = [], 0
@@ -105,26 +106,30 @@ def _shards(plan, itemsize: int, max_shard_bytes: int) -> list[list]:
     return shards
 
 
-class _OneLeaf:
-    """Torch-layout tensors read from a params checkpoint holding one stacked [layers, ...] parameter at a time."""
+class _Leaves:
+    """Torch-layout tensors read from a params checkpoint holding only the stacked [layers, ...] parameters the
+    current tensor is made of (one; three for LLaDA2.0's fused query_key_value), never the model."""
 
     def __init__(self, params_dir: epath.Path):
-        self.params_dir, self.path, self.array = params_dir, None, None
+        self.params_dir, self.held = params_dir, {}
 
-    def tensor(self, key: str, layer: int | None) -> np.ndarray:
-        path = (key,) if layer is None else ("blocks", key)
-        if path != self.path:
-            self.path, self.array = None, None  # release the previous parameter before reading the next
-            self.array, self.path = _restore_leaf(self.params_dir, path), path
-        return to_torch(key, self.array if layer is None else self.array[layer], layer is None)
+    def tensor(self, entry) -> np.ndarray:
+        if entry.kind == "zeros":  # a tensor the format always has and this model does not use (e.g. a zero bias)
+            return np.zeros(entry.shape, np.float32)
+        needed = [path for path, _ in entry.sources]
+        self.held = {p: a for p, a in self.held.items() if p in needed}  # release the others before reading
+        for path in needed:
+            if path not in self.held:
+                self.held[path] = _restore_leaf(self.params_dir, path)
+        return to_torch(entry.kind, [self.held[path][index] for path, index in entry.sources])
 
     def release(self) -> None:
-        self.path, self.array = None, None
+        self.held = {}
 
 
 def _restore_leaf(params_dir: epath.Path, path: tuple[str, ...]) -> np.ndarray:
     """One entry of a params checkpoint (("wte",) or a stacked ("blocks", "q_proj")) as a host float32 array,
-    so export holds one parameter in memory, never the model."""
+    so export holds a few parameters in memory, never the model."""
     import orbax.checkpoint as ocp
 
     item, restore_args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
@@ -138,15 +143,15 @@ def _restore_leaf(params_dir: epath.Path, path: tuple[str, ...]) -> np.ndarray:
     return np.asarray(tree, np.float32)
 
 
-def _write_shards(out: epath.Path, names, shards, np_dtype, leaves: _OneLeaf) -> None:
+def _write_shards(out: epath.Path, names, shards, np_dtype, leaves: _Leaves) -> None:
     """Every shard under a temporary name, then all renamed; a failure leaves no partial file behind."""
-    by_name = {e[0]: e for shard in shards for e in shard}
+    by_name = {e.name: e for shard in shards for e in shard}
     partial = []
     try:
         for file_name, shard in zip(names, shards):
             partial.append(out / f"{file_name}.incomplete")
-            safetensors_io.write(str(partial[-1]), [(e[0], e[3], np_dtype) for e in shard],
-                                 lambda name: leaves.tensor(*by_name[name][1:3]))
+            safetensors_io.write(str(partial[-1]), [(e.name, e.shape, np_dtype) for e in shard],
+                                 lambda name: leaves.tensor(by_name[name]))
         leaves.release()
         for file_name, tmp in zip(names, partial):
             tmp.rename(out / file_name)
@@ -158,8 +163,8 @@ def _write_shards(out: epath.Path, names, shards, np_dtype, leaves: _OneLeaf) ->
 
 def _write_index(out: epath.Path, names, shards, np_dtype) -> str:
     """model.safetensors.index.json for a sharded export; returns its file name."""
-    index = {"metadata": {"total_size": int(sum(math.prod(e[3]) for s in shards for e in s) * np_dtype.itemsize)},
-             "weight_map": {e[0]: f for f, shard in zip(names, shards) for e in shard}}
+    index = {"metadata": {"total_size": int(sum(math.prod(e.shape) for s in shards for e in s) * np_dtype.itemsize)},
+             "weight_map": {e.name: f for f, shard in zip(names, shards) for e in shard}}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return "model.safetensors.index.json"
 

@@ -19,13 +19,16 @@ from etils import epath
 
 from llada_jax.config import ConfigError, ModelConfig, apply_override
 from llada_jax.interop import formats, safetensors_io
-from llada_jax.interop.tensor_layout import from_torch, param_shapes, planned_tensors
+from llada_jax.interop.tensor_layout import from_torch, leaf_shape, param_shapes, planned_tensors
 from llada_jax.utils import output_dirs
 
 # model fields that config.json decides (the weights' shapes and meaning); a --config override may not contradict
 # them. The others it gives (max_seq_len, token ids) a user may change.
 DECIDED_BY_CHECKPOINT = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
-                         "causal", "rope_theta", "rms_norm_eps")
+                         "causal", "rope_theta", "rms_norm_eps", "family", "qk_norm", "rotary_dim", "moe.experts",
+                         "moe.top_k", "moe.expert_hidden", "moe.shared_experts", "moe.first_dense_layers",
+                         "moe.router", "moe.norm_topk", "moe.routed_scaling", "moe.n_groups", "moe.topk_groups",
+                         "moe.expert_bias")
 WEIGHT_DTYPES = ("F32", "BF16", "F16")
 
 
@@ -38,11 +41,12 @@ def from_hf(hf_dir, out, base_config: ml_collections.ConfigDict, overrides=(), *
     if not (hf_dir / "config.json").exists():
         raise ConfigError(f"{hf_dir} has no config.json; pass the folder of a Hugging Face checkpoint")
     output_dirs.check_folder(out, flag="--out", overwrite=overwrite)  # before any work: never a late refusal
-    config = import_config(read_hf_config(hf_dir), base_config, overrides)
+    hf = read_hf_config(hf_dir)
+    config = import_config(hf, base_config, overrides)
     cfg = ModelConfig.from_config(config.model)
-    fmt = formats.for_model(cfg)
+    fmt = formats.for_hf_config(hf)  # its model_type also says how the file lays out experts
     shapes = param_shapes(cfg)
-    plan = {e[0]: e for e in planned_tensors(cfg, shapes, fmt)}
+    plan = {e.name: e for e in planned_tensors(cfg, shapes, fmt)}
     files = read_hf_tensors(hf_dir)
     check_tensor_names(hf_dir, plan, files, fmt)
     check_tensor_headers(plan, files)
@@ -77,25 +81,48 @@ def import_config(hf: dict, base_config: ml_collections.ConfigDict, overrides=()
     """The run config of an imported checkpoint: `base_config` (with the user's overrides) whose model is
     config.json's. An override of a field config.json decides must agree with it, and the token ids must fit."""
     config = ml_collections.ConfigDict(base_config.to_dict())
-    fields = model_config_from_hf(hf)
+    fields = _flat(model_config_from_hf(hf))  # "moe.experts" for the mixture-of-experts section's fields
     for field, value in fields.items():
-        config.model[field] = value
+        _set(config.model, field, value)
     for item in overrides:
         dotted = item.split("=", 1)[0].removeprefix("--").removeprefix("config.")
         if dotted.startswith("model.") and dotted[len("model."):] in fields:
             name = dotted[len("model."):]
             probe = ml_collections.ConfigDict(config.to_dict())
             apply_override(probe, item)
-            if probe.model[name] != fields[name] and name in DECIDED_BY_CHECKPOINT:
-                raise ConfigError(f"--config.model.{name}={probe.model[name]} disagrees with config.json, which gives "
+            value = _get(probe.model, name)
+            if value != fields[name] and name in DECIDED_BY_CHECKPOINT:
+                raise ConfigError(f"--config.model.{name}={value} disagrees with config.json, which gives "
                                   f"{fields[name]}; the weights only fit the model config.json describes, so drop the override")
-            config.model[name] = probe.model[name]  # max_seq_len, token ids: the user's choice wins
+            _set(config.model, name, value)  # max_seq_len, token ids: the user's choice wins
     if config.model.causal:
         config.train.objective = "ar"
     elif config.train.objective == "ar":
         config.train.objective = "mdm"
     _check_imported_model(config.model)
     return config
+
+
+def _flat(fields: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in fields.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _get(node, dotted: str):
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _set(node, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if part not in node:  # a saved run config from before the section existed
+            node[part] = ml_collections.ConfigDict()
+        node = node[part]
+    node[leaf] = value
 
 
 def _check_imported_model(m) -> None:
@@ -149,7 +176,7 @@ def check_tensor_headers(plan: dict, files: dict) -> None:
         for name, info in header.items():
             if name not in plan:
                 continue
-            want = tuple(plan[name][3])
+            want = tuple(plan[name].shape)
             if tuple(info["shape"]) != want:
                 raise ConfigError(f"tensor {name} has shape {tuple(info['shape'])} but config.json implies {want}")
             if info["dtype"] not in WEIGHT_DTYPES:
@@ -157,21 +184,25 @@ def check_tensor_headers(plan: dict, files: dict) -> None:
 
 
 def _assemble(scratch: str, fmt, shapes: dict, plan: dict, files: dict) -> dict:
-    """Our float32 params in disk-backed arrays, filled tensor by tensor from the safetensors files."""
-    def disk_array(name, shape):
-        return np.memmap(os.path.join(scratch, name), dtype=np.float32, mode="w+", shape=shape)
+    """Our float32 params in disk-backed arrays (one per leaf of `shapes`), filled tensor by tensor from the
+    safetensors files."""
+    def disk_arrays(node, prefix):
+        if isinstance(node, dict):
+            return {k: disk_arrays(v, f"{prefix}{k}.") for k, v in node.items()}
+        return np.memmap(os.path.join(scratch, prefix.rstrip(".")), dtype=np.float32, mode="w+", shape=node)
 
-    params = {"blocks": {k: disk_array(f"blocks.{k}", shapes["blocks"][k]) for k in fmt.LAYER_NAMES}}
-    for key in fmt.TOP_NAMES:
-        params[key] = disk_array(key, shapes[key])
+    params = disk_arrays(shapes, "")
     for path in sorted(set(files.values())):
         for name, array in safetensors_io.iterate(path):
             if name not in plan:
                 continue
-            _, key, layer, _ = plan[name]
-            ours = shapes[key] if layer is None else shapes["blocks"][key][1:]
-            value = from_torch(key, np.asarray(array, np.float32), ours, layer is None)
-            (params[key] if layer is None else params["blocks"][key][layer])[...] = value
+            entry = plan[name]
+            ours = [leaf_shape(shapes, p, index) for p, index in entry.sources]
+            for (p, index), value in zip(entry.sources, from_torch(entry.kind, np.asarray(array, np.float32), ours)):
+                leaf = params
+                for part in p:
+                    leaf = leaf[part]
+                leaf[index] = value
     return params
 
 

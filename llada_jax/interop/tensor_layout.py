@@ -1,14 +1,89 @@
 """Our param layout against PyTorch's, per tensor: names through a format, shapes, and the transposes between.
 
 PyTorch linear weights are [out, in]; ours are [in, ...] with heads split out and layers stacked, so each
-tensor is a reshape and a transpose. Every supported format uses the rotate-half RoPE layout, so q/k need no
-permutation.
+tensor is a reshape and a transpose. A planned tensor names the arrays of ours it is made of (`sources`: a
+path into the params dict and an index into that stacked leaf, e.g. (("moe_blocks", "expert_gate"), (layer,
+expert))) and the `kind` of conversion: most are one array each way; LLaDA2.0's fused query_key_value is made
+of three, and stacked expert files hold every expert of a layer in one tensor. Every supported format uses
+the rotate-half RoPE layout, so q/k need no permutation.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from llada_jax.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """One tensor of a Hugging Face file: its name and [out, in] shape, the arrays of ours it holds, and how."""
+    name: str
+    shape: tuple
+    sources: tuple  # ((params path, index into the leaf), ...)
+    kind: str  # copy | transpose | heads_in | heads_out | fused_qkv | experts_transpose | zeros
+
+
+def to_torch(kind: str, arrays: list) -> np.ndarray:
+    """Our arrays (each already indexed to one layer / expert) as the PyTorch tensor of that kind."""
+    a = arrays[0] if arrays else None
+    if kind == "copy":
+        return a
+    if kind == "transpose":
+        return a.T
+    if kind == "heads_in":  # [d, heads, hd] -> [heads*hd, d]
+        return a.reshape(a.shape[0], -1).T
+    if kind == "heads_out":  # [heads, hd, d] -> [d, heads*hd]
+        return a.reshape(-1, a.shape[-1]).T
+    if kind == "fused_qkv":  # q [d, n, hd], k, v [d, kv, hd] -> [(n + 2 kv) * hd, d]
+        return np.concatenate([x.reshape(x.shape[0], -1).T for x in arrays], axis=0)
+    if kind == "experts_transpose":  # [E, in, out] -> [E, out, in]
+        return np.swapaxes(a, 1, 2)
+    raise ValueError(f"unknown tensor kind {kind!r}")
+
+
+def from_torch(kind: str, array: np.ndarray, ours: list[tuple]) -> list[np.ndarray]:
+    """Inverse of to_torch: the PyTorch tensor as our arrays of shapes `ours` (one per source)."""
+    if kind == "copy":
+        return [array.reshape(ours[0])]
+    if kind in ("transpose", "heads_in", "heads_out"):
+        return [array.T.reshape(ours[0])]
+    if kind == "fused_qkv":
+        sizes = np.cumsum([int(np.prod(s[1:])) for s in ours])[:-1]
+        return [part.T.reshape(s) for part, s in zip(np.split(array, sizes, axis=0), ours)]
+    if kind == "experts_transpose":
+        return [np.swapaxes(array, 1, 2)]
+    if kind == "zeros":
+        return []
+    raise ValueError(f"unknown tensor kind {kind!r}")
+
+
+def torch_shape(kind: str, ours: list[tuple]) -> tuple:
+    """The PyTorch shape of a tensor of `kind` made of arrays shaped `ours`."""
+    dummy = [np.zeros(s, np.int8) for s in ours]
+    return tuple(to_torch(kind, dummy).shape)
+
+
+# kinds of the per-layer keys every format shares (dense and mixture-of-experts layers alike)
+LAYER_KINDS = {"q_proj": "heads_in", "k_proj": "heads_in", "v_proj": "heads_in", "attn_out": "heads_out",
+               "ff_proj": "transpose", "up_proj": "transpose", "ff_out": "transpose", "router": "transpose",
+               "shared_gate": "transpose", "shared_up": "transpose", "shared_down": "transpose"}
+TOP_KINDS = {"wte": "copy", "ln_f": "copy", "ff_out": "transpose"}
+
+
+def leaf_shape(shapes: dict, path: tuple, index: tuple) -> tuple:
+    """The shape of our leaf at `path` after `index` picks one layer (and expert) of it."""
+    node = shapes
+    for part in path:
+        node = node[part]
+    return tuple(node[len(index):])
+
+
+def planned(name: str, kind: str, shapes: dict, *sources) -> Planned:
+    """A Planned tensor whose torch shape follows from the sources' shapes."""
+    ours = [leaf_shape(shapes, path, index) for path, index in sources]
+    return Planned(name, torch_shape(kind, ours), tuple(sources), kind)
 
 
 def tensor_name(fmt, key: str, layer: int | None) -> str:
@@ -17,51 +92,16 @@ def tensor_name(fmt, key: str, layer: int | None) -> str:
     return fmt.LAYER_PREFIX.format(i=layer) + fmt.LAYER_NAMES[key] + ".weight"
 
 
-def torch_shape(key: str, ours: tuple[int, ...], top: bool) -> tuple[int, ...]:
-    """Shape of our (per-layer) array in PyTorch's [out, in] layout."""
-    if top:
-        return (ours[1], ours[0]) if key == "ff_out" else ours  # head [d, V] -> [V, d]; wte and ln_f as they are
-    if key in ("q_proj", "k_proj", "v_proj"):  # [d, heads, hd] -> [heads*hd, d]
-        return (ours[1] * ours[2], ours[0])
-    if key == "attn_out":  # [heads, hd, d] -> [d, heads*hd]
-        return (ours[2], ours[0] * ours[1])
-    if key in ("ff_proj", "up_proj", "ff_out"):
-        return (ours[1], ours[0])
-    return ours  # norms
-
-
-def to_torch(key: str, array: np.ndarray, top: bool) -> np.ndarray:
-    if top:
-        return array.T if key == "ff_out" else array
-    if key in ("q_proj", "k_proj", "v_proj"):
-        return array.reshape(array.shape[0], -1).T
-    if key == "attn_out":
-        return array.reshape(-1, array.shape[-1]).T
-    if key in ("ff_proj", "up_proj", "ff_out"):
-        return array.T
-    return array
-
-
-def from_torch(key: str, array: np.ndarray, ours: tuple[int, ...], top: bool) -> np.ndarray:
-    """Inverse of to_torch, into our per-layer shape `ours`."""
-    if top:
-        return array.T if key == "ff_out" else array
-    if key in ("q_proj", "k_proj", "v_proj", "attn_out"):
-        return array.T.reshape(ours)
-    if key in ("ff_proj", "up_proj", "ff_out"):
-        return array.T
-    return array
-
-
-def planned_tensors(cfg: ModelConfig, shapes: dict, fmt):
-    """[(hf name, our key, layer or None, torch shape)] in file order: the top-level tensors, then each layer
-    parameter for every layer. Key-major order lets export restore one stacked [layers, ...] leaf at a time."""
-    out = [(tensor_name(fmt, "wte", None), "wte", None, torch_shape("wte", shapes["wte"], True)),
-           (tensor_name(fmt, "ln_f", None), "ln_f", None, shapes["ln_f"]),
-           (tensor_name(fmt, "ff_out", None), "ff_out", None, torch_shape("ff_out", shapes["ff_out"], True))]
+def planned_tensors(cfg: ModelConfig, shapes: dict, fmt) -> list[Planned]:
+    """Every tensor of the format's files in file order: the top-level tensors, then each layer parameter for every
+    layer. Key-major order lets export restore one stacked [layers, ...] leaf at a time. A format with its own
+    layout (the mixture-of-experts ones) plans its tensors itself."""
+    if hasattr(fmt, "planned_tensors"):
+        return fmt.planned_tensors(cfg, shapes)
+    out = [planned(tensor_name(fmt, key, None), TOP_KINDS[key], shapes, ((key,), ())) for key in fmt.TOP_NAMES]
     for key in fmt.LAYER_NAMES:
-        for i in range(cfg.n_layers):
-            out.append((tensor_name(fmt, key, i), key, i, torch_shape(key, shapes["blocks"][key][1:], False)))
+        kind = LAYER_KINDS.get(key, "copy")
+        out += [planned(tensor_name(fmt, key, i), kind, shapes, (("blocks", key), (i,))) for i in range(cfg.n_layers)]
     return out
 
 

@@ -6,15 +6,20 @@ its params as a pure dict with their logical axis names, and the pure forward pa
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 from flax import nnx
 
 from llada_jax.config import ConfigError, ModelConfig
+from llada_jax.models.grouped_matmul import resolve_kernel
+from llada_jax.models.moe_state import bias_range, update_expert_bias  # noqa: F401  (the step's entry points)
+from llada_jax.models.moe_transformer import MoETransformer
 from llada_jax.models.output_head import HeadOutput
-from llada_jax.models.transformer import Transformer
+from llada_jax.models.transformer import FLOAT32_PARAMS, Transformer  # noqa: F401  (serving keeps these f32)
 
 # model.family -> the nnx.Module class built from a ModelConfig (config.MODEL_FAMILIES lists the same names)
-FAMILIES = {"llada": Transformer}
+FAMILIES = {"llada": Transformer, "llada_moe": MoETransformer, "llada2_moe": MoETransformer}
 
 
 def model_class(cfg: ModelConfig):
@@ -22,6 +27,14 @@ def model_class(cfg: ModelConfig):
         return FAMILIES[cfg.family]
     except KeyError:
         raise ConfigError(f"model.family={cfg.family!r} is unknown; use one of {tuple(FAMILIES)}") from None
+
+
+def for_platform(cfg: ModelConfig, platform: str) -> ModelConfig:
+    """cfg with the choices that depend on where it runs made for `platform` (the MoE grouped matmul kernel),
+    so a program compiled ahead of time for TPU on a CPU machine uses TPU's kernel."""
+    if not cfg.is_moe:
+        return cfg
+    return dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, kernel=resolve_kernel(cfg.moe.kernel, platform)))
 
 
 def build(cfg: ModelConfig, rngs: nnx.Rngs):

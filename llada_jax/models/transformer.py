@@ -23,7 +23,8 @@ from llada_jax.models.output_head import HeadOutput, project
 from llada_jax.models.self_attention import attention_sublayer, init_attention
 
 # Names of the per-layer tensors remat policies can keep (jax.ad_checkpoint.checkpoint_name tags below).
-PROJECTIONS = ("query", "key", "value", "attn_mixed", "attn_output", "mlp_gate", "mlp_up", "mlp_output")
+PROJECTIONS = ("query", "key", "value", "attn_mixed", "attn_output", "mlp_gate", "mlp_up", "mlp_output",
+               "expert_gate", "expert_up", "expert_output")
 
 
 def remat_policy(name: str):
@@ -73,6 +74,16 @@ class Block(nnx.Module):
         return sharding.constrain(x + out, ("batch", "length", "act_embed")), kv
 
 
+def stacked_layers(layer_cls, cfg: ModelConfig, n: int, rngs: nnx.Rngs):
+    """n layers of `layer_cls` with their params stacked on a leading "layers" axis (one init per layer)."""
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs):
+        return layer_cls(cfg, rngs)
+
+    return make(rngs)
+
+
 class Transformer(nnx.Module):
     """tokens [batch, length] -> float32 logits [batch, length, vocab]."""
 
@@ -82,16 +93,14 @@ class Transformer(nnx.Module):
         # Logical names are metadata only; sharding.py places the arrays (no eager device placement here).
         with nnx.use_eager_sharding(False):
             self.wte = param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, pdt, ("vocab", "embed"))
-
-            @nnx.split_rngs(splits=cfg.n_layers)
-            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-            def make_blocks(rngs):
-                return Block(cfg, rngs)
-
-            self.blocks = make_blocks(rngs)
+            self.make_layers(rngs)
             self.ln_f = nnx.Param(jnp.ones((cfg.d_model,), pdt), sharding_names=("norm",))
             if not cfg.tie_embeddings:  # tied: the head is the embedding table's transpose (Qwen2's small models)
                 self.ff_out = param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, pdt, ("embed", "vocab"))
+
+    def make_layers(self, rngs: nnx.Rngs) -> None:
+        """The layer params, stacked: `blocks` (a family with other layers overrides this and run_layers)."""
+        self.blocks = stacked_layers(Block, self.cfg, self.cfg.n_layers, rngs)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, *, cache_kv=None, cache_segment_ids=None,
@@ -136,29 +145,48 @@ class Transformer(nnx.Module):
             cache_segment_ids = jnp.ones(cache_kv[0].shape[1:3], segment_ids.dtype)
         key_ids = segment_ids if cache_kv is None else cache_segment_ids
         segments = (segment_ids, key_ids, lengths)
-
         # Params are cast to the compute dtype once, outside the layer loop (and before FSDP gathers them).
-        cast = lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
         x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)  # gather first: the table's gradient stays f32
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        x, kv = self.run_layers(x, (cos, sin, segments), cache_kv, window_start)
+        return rms_norm(x, self.ln_f[...].astype(dt), cfg.rms_norm_eps), kv
 
-        graphdef, stacked = nnx.split(self.blocks)
-        stacked = jax.tree.map(cast, stacked)
-
-        def layer(x, xs):
-            layer_state, layer_cache = xs
-            return nnx.merge(graphdef, layer_state)(x, cos, sin, segments, layer_cache, window_start)
-
-        if cfg.remat != "none":
-            layer = jax.checkpoint(layer, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
-            x, kv = jax.lax.scan(layer, x, (stacked, cache_kv))
-        else:
-            per_layer = []
-            for i in range(cfg.n_layers):
-                x, layer_kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, cache_kv)))
-                per_layer.append(layer_kv)
-            kv = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
-        return rms_norm(x, cast(self.ln_f[...]), cfg.rms_norm_eps), kv
+    def run_layers(self, x, rope_and_segments, cache_kv, window_start):
+        """x through every layer -> (x, per-layer (k, v) stacked on a leading layers axis)."""
+        return run_stack(self.blocks, self.cfg, x, rope_and_segments, cache_kv, window_start)
 
 
+FLOAT32_PARAMS = ("router", "expert_bias")  # layer params used in float32 whatever the compute dtype
+
+
+def cast_layer_params(stacked, dtype):
+    """Floating-point layer params in the compute dtype, except the routers' (FLOAT32_PARAMS)."""
+    def cast(path, a):
+        names = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+        if not jnp.issubdtype(a.dtype, jnp.floating) or (names and names[-1] in FLOAT32_PARAMS):
+            return a
+        return a.astype(dtype)
+    return jax.tree_util.tree_map_with_path(cast, stacked)
+
+
+def run_stack(blocks, cfg: ModelConfig, x, rope_and_segments, cache_kv, window_start):
+    """x through a stack of layers (params stacked on a leading axis, run by lax.scan or unrolled, remat per
+    cfg.remat) -> (x, every layer's second output stacked on a leading layers axis)."""
+    cos, sin, segments = rope_and_segments
+    graphdef, stacked = nnx.split(blocks)
+    stacked = cast_layer_params(stacked, jnp.dtype(cfg.dtype))
+
+    def layer(x, xs):
+        layer_state, layer_cache = xs
+        return nnx.merge(graphdef, layer_state)(x, cos, sin, segments, layer_cache, window_start)
+
+    if cfg.remat != "none":
+        layer = jax.checkpoint(layer, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+        return jax.lax.scan(layer, x, (stacked, cache_kv))
+    per_layer = []
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    for i in range(n):
+        x, out = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, cache_kv)))
+        per_layer.append(out)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *per_layer)

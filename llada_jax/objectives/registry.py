@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from llada_jax.config import ConfigError
-from llada_jax.objectives import ar, mdm, sft
+from llada_jax.config import ConfigError, ModelConfig
+from llada_jax.models import router_stats
+from llada_jax.objectives import ar, mdm, router_losses, sft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,5 +41,9 @@ def get(name: str) -> Objective:
 
 def compute_loss(graphdef, config, params, batch, key):
     """(loss sum, aux) for one (micro-)batch; aux["loss_weight"] is what the sum is divided by (summed over
-    micro-batches first), the other aux entries are metric sums."""
-    return get(config.train.objective).loss(graphdef, config, params, batch, key)
+    micro-batches first), the other aux entries are metric sums. A mixture-of-experts model's router statistics,
+    reported by every forward pass the objective makes, add the router losses and metrics (router_losses.py)."""
+    with router_stats.collecting() as reports:
+        total, aux = get(config.train.objective).loss(graphdef, config, params, batch, key)
+    return router_losses.add_router_terms(total, aux, router_stats.total(reports),
+                                          ModelConfig.from_config(config.model))

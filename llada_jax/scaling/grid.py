@@ -41,17 +41,20 @@ class PlannedRun:
 
 
 def plan_grid(budgets, depths, *, vocab_size: int, seq_len: int, batch: int, aspect: int = 64, head_dim: int = 64,
-              objectives=("mdm", "ar"), min_steps: int = 50, tolerance: float = 0.01) -> tuple[list[PlannedRun], list[str]]:
+              objectives=("mdm", "ar"), min_steps: int = 50, tolerance: float = 0.01,
+              model_fields: dict | None = None) -> tuple[list[PlannedRun], list[str]]:
     """Runs for every (budget, depth, objective) whose step count hits the budget within `tolerance`.
 
     Steps = round(C / (FLOPs/token * tokens/step)); pairs that would need fewer than `min_steps` steps or miss
     the budget by more than the tolerance are left out and explained in the second return value.
+    `model_fields` (family, moe) make a mixture of experts' FLOPs count its active parameters.
     """
     runs, skipped = [], []
     for budget in budgets:
         for depth in depths:
             shape = shape_for_depth(depth, aspect, head_dim)
-            cfg = ModelConfig(vocab_size=vocab_size, n_kv_heads=shape["n_heads"], head_dim=head_dim, **shape)
+            cfg = ModelConfig(vocab_size=vocab_size, n_kv_heads=shape["n_heads"], head_dim=head_dim, **shape,
+                              **(model_fields or {}))
             per_step = flops_per_token(cfg, seq_len) * batch * seq_len
             steps = int(round(budget / per_step))
             spent = steps * per_step

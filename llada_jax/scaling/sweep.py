@@ -15,7 +15,7 @@ import time
 import ml_collections
 from etils import epath
 
-from llada_jax.config import ConfigError
+from llada_jax.config import ConfigError, ModelConfig
 from llada_jax.scaling import fit as fit_lib
 from llada_jax.scaling import grid
 
@@ -38,6 +38,12 @@ def run_config(config, run: grid.PlannedRun) -> ml_collections.ConfigDict:
     return c
 
 
+def _moe_fields(model) -> dict:
+    """A mixture-of-experts base config's family and experts, so the grid counts its active FLOPs."""
+    resolved = ModelConfig.from_config(model)
+    return {"family": resolved.family, "moe": resolved.moe} if resolved.is_moe else {}
+
+
 def plan(config, out) -> tuple[list[grid.PlannedRun], list[str]]:
     """Writes plan.json and each run's config; refuses a folder that holds a different plan."""
     if "sweep" not in config:
@@ -46,7 +52,7 @@ def plan(config, out) -> tuple[list[grid.PlannedRun], list[str]]:
     runs, skipped = grid.plan_grid(
         list(s.budgets), list(s.depths), vocab_size=config.model.vocab_size, seq_len=config.train.seq_len,
         batch=config.train.global_batch_size, aspect=s.aspect, head_dim=s.head_dim, objectives=tuple(s.objectives),
-        min_steps=s.min_steps)
+        min_steps=s.min_steps, model_fields=_moe_fields(config.model))
     if not runs:
         raise ConfigError("no (budget, depth) pair gives a run of at least sweep.min_steps steps; raise sweep.budgets")
     out = epath.Path(out)

@@ -45,9 +45,37 @@ def progress_line(record: dict, t_cfg, eta: str) -> str:
     objective = objectives.get(t_cfg.objective)
     return (f"step {record['step']}/{t_cfg.steps} | {objective.loss_label} {record['loss']:.4f} | "
             f"{objective.accuracy_label} acc {record['masked_accuracy']:.3f} | grad norm "
-            f"{record['grad_norm']:.3f} | lr {record['lr']:.2e} | "
+            f"{record['grad_norm']:.3f} | lr {record['lr']:.2e} | " + router_summary(record)
             + (f"{tok_s:,.0f} tok/s" if math.isfinite(tok_s) else "- tok/s") + f" | ETA {eta}"
             + (f" | skipped {record['skipped_total']}" if record["skipped_total"] else ""))
+
+
+def router_summary(record: dict) -> str:
+    """A mixture of experts' router in the progress line: the worst layer's max/mean expert load, the balancing
+    loss, the dropped fraction (with a capacity) and the expert-bias range ('' for a dense model)."""
+    if "moe_worst_load" not in record:
+        return ""
+    text = f"load max/mean {record['moe_worst_load']:.2f} | balance {record['moe_balance_loss']:.3f} | "
+    if "moe_dropped_fraction" in record:
+        text += f"dropped {record['moe_dropped_fraction']:.3f} | "
+    if "moe_bias_min" in record:
+        text += f"bias [{record['moe_bias_min']:+.3f}, {record['moe_bias_max']:+.3f}] | "
+    return text
+
+
+def scalar_metrics(metrics: dict, first_layer: int = 0) -> dict[str, float]:
+    """The step's metrics as floats; a per-layer array (the router's) becomes one entry per layer, named by its
+    layer number, and (for a fraction) its overall mean under the plain name."""
+    out = {}
+    for name, value in metrics.items():
+        value = np.asarray(value)
+        if value.ndim == 0:
+            out[name] = float(value)
+            continue
+        if name == "moe_dropped_fraction":
+            out[name] = float(value.mean())
+        out.update({f"{name}/layer{first_layer + i}": float(v) for i, v in enumerate(value.reshape(-1))})
+    return out
 
 
 def build_data(config):
@@ -187,7 +215,7 @@ def logged(t_cfg) -> Callable[[int, bool], bool]:
 def log_progress(s: Session, done: int) -> None:
     """Hook: prints the progress line (every few seconds at least) and writes the record on logged steps."""
     t = s.config.train
-    metrics = {k: float(v) for k, v in jax.device_get(s.metrics).items()}
+    metrics = scalar_metrics(jax.device_get(s.metrics), int(s.config.model.get("moe", {}).get("first_dense_layers", 0)))
     now = time.perf_counter()
     tok_s = math.nan
     if done > s.clock[1]:

@@ -58,6 +58,11 @@ def analyse(config, devices=None, *, what: str = "the config", log=stderr, cost_
     which devices and how long that took last time, then a heartbeat every 30 s (big models take minutes).
     With `cost_model`, also XLA's modeled step time, bytes and MFU (cost_model.py: two more compiles of 1 and 2
     unrolled layers)."""
+    return analyse_compiled(config, devices, what=what, log=log, cost_model=cost_model)[0]
+
+
+def analyse_compiled(config, devices=None, *, what: str = "the config", log=stderr, cost_model: bool = False):
+    """(the report `analyse` gives, the compiled step) for benchmarks that read the executable too."""
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices))
     mesh = sharding.make_mesh(config.mesh, devices)
@@ -71,13 +76,13 @@ def analyse(config, devices=None, *, what: str = "the config", log=stderr, cost_
     report["attention_kernel"] = trainer.attention_kernel
     if cost_model:
         report.update(cost_model_lib.modeled_step(config, mesh, lambda c, m: compile_or_explain(Trainer(c, m))))
-    return report
+    return report, compiled
 
 
 def memory_report(config, mesh, devices, mem) -> dict:
     """The figures `format_report` prints, from XLA's memory analysis of the compiled step."""
     t = config.train
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
     report = {
         "devices": len(devices),
         "device_kind": devices[0].device_kind,

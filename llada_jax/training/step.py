@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llada_jax.objectives import losses
+from llada_jax.config import ModelConfig
+from llada_jax.models import registry as model_lib
+from llada_jax.objectives import losses, router_losses
 from llada_jax.objectives.registry import compute_loss
 
 
@@ -59,10 +61,11 @@ def accumulate_gradients(graphdef, config, params, batch, key):
 
     micro_batches = split_micro_batches(batch, n_micro)
     zeros = jax.tree.map(jnp.zeros_like, params)
-    names = ("masked_correct", "masked_tokens", "masked_ce_sum", "loss_weight", "loss_sum")
-    aux0 = {k: jnp.zeros((), jnp.float32) for k in names}
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    aux_shapes = jax.eval_shape(lambda: compute_loss(graphdef, config, params, first, key)[1])  # all sums
+    aux0 = {k: jnp.zeros(v.shape, v.dtype) for k, v in {**aux_shapes, "loss_sum": aux_shapes["loss_weight"]}.items()}
     if n_micro == 1:
-        (grads, aux), _ = micro((zeros, aux0), (jax.tree.map(lambda x: x[0], micro_batches), 0))
+        (grads, aux), _ = micro((zeros, aux0), (first, 0))
     else:
         (grads, aux), _ = jax.lax.scan(micro, (zeros, aux0), (micro_batches, jnp.arange(n_micro)))
     weight = jnp.maximum(aux["loss_weight"], 1.0)
@@ -73,10 +76,12 @@ def train_step(graphdef, config, tx, schedule, state: TrainState, batch):
     """One optimizer step over `grad_accum_steps` equal micro-batches."""
     key = step_key(config.train.seed, state.step)
     grads, aux = accumulate_gradients(graphdef, config, state.params, batch, key)
-    loss = losses.mean_loss(aux["loss_sum"], aux["loss_weight"])
+    loss = losses.mean_loss(router_losses.objective_sum(aux), aux["loss_weight"])
+    model_cfg = ModelConfig.from_config(config.model)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    params = model_lib.update_expert_bias(model_cfg, params, aux.get("expert_load"))  # by load, not gradients
     # A non-finite loss, gradient, update or resulting param skips the update (params and optimizer moments
     # stay as they were); the loop counts skips and halts after too many in a row. Checking the params too
     # catches what a finite gradient can still produce (an overflowing learning rate or optimizer state).
@@ -92,6 +97,8 @@ def train_step(graphdef, config, tx, schedule, state: TrainState, batch):
         "masked_tokens": aux["masked_tokens"],
         # the lr this step's update used (or would have): a skipped update leaves the schedule where it was
         "lr": schedule(updates_applied(state.opt_state)),
+        **router_losses.router_metrics(aux, model_cfg),
+        **model_lib.bias_range(model_cfg, params),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -112,4 +119,5 @@ def eval_step(graphdef, config, params, batch, index=0, draw=0, draws=1):
     batch.setdefault("t", (jnp.arange(b) + (draw + 0.5) / draws) / b)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(12345), index), draw)
     total, aux = compute_loss(graphdef, config, params, batch, key)
-    return {"loss": losses.mean_loss(total, aux["loss_weight"]), **aux}
+    aux = {**aux, "loss_sum": total}
+    return {"loss": losses.mean_loss(router_losses.objective_sum(aux), aux["loss_weight"]), **aux}

@@ -28,11 +28,12 @@ class Trainer:
 
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
-        self.model_cfg = ModelConfig.from_config(config.model)
+        platform = mesh.devices.flat[0].platform
+        self.model_cfg = model_lib.for_platform(ModelConfig.from_config(config.model), platform)
         m = self.model_cfg
         self.attention_kernel, self.attention_note = attention.startup_kernel(
             m.attention, length=config.train.seq_len, head_dim=m.head_dim, dtype=m.dtype,
-            platform=mesh.devices.flat[0].platform, block_size=m.attention_block)
+            platform=platform, block_size=m.attention_block)
         self.graphdef, abstract_params, self.param_names = model_lib.split_model(
             model_lib.abstract_model(self.model_cfg))
         self.tx, self.schedule = make_optimizer(config.optimizer, config.train.steps)
