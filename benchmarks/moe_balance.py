@@ -2,7 +2,7 @@
 trained twice on CPython's documentation, with the expert bias moved by load and without it; prints the worst
 layer's max/mean expert load (1.0 is perfect balance) over the run and at its end.
 
-    python benchmarks/moe_balance.py [--steps=300] [--rate=0.01]
+    python benchmarks/moe_balance.py [--steps=300] [--rate=0.01] [--config.train.objective=ar ...]
 
 The end figure is the mean over the last --tail logged steps (single steps are noisy). Each run goes through
 `llada-jax train`'s loop into a temporary workdir and reads its metrics.jsonl.
@@ -25,7 +25,7 @@ TOY = ["model.d_model=64", "model.n_layers=3", "model.n_heads=4", "model.n_kv_he
        "mesh.data=1", "mesh.tensor=1", "mesh.expert=1"]
 
 
-def run(steps: int, bias: bool, rate: float) -> list[float]:
+def run(steps: int, bias: bool, rate: float, overrides=()) -> list[float]:
     """The worst layer's max/mean load at every logged step of one toy run."""
     from llada_jax.config import load_config
     from llada_jax.training import loop
@@ -33,7 +33,7 @@ def run(steps: int, bias: bool, rate: float) -> list[float]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_config(os.path.join(root, "configs", "tiny_moe.py"),
                          TOY + [f"train.steps={steps}", f"model.moe.expert_bias={bias}",
-                                f"model.moe.bias_update_rate={rate}"])
+                                f"model.moe.bias_update_rate={rate}", *overrides])
     with tempfile.TemporaryDirectory() as workdir:
         loop.run(config, workdir, quiet=True)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -46,13 +46,14 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rate", type=float, default=0.01, help="model.moe.bias_update_rate of the balanced run")
     parser.add_argument("--tail", type=int, default=10, help="logged steps averaged for the end figure")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [o.removeprefix("--config.") for o in extra]
     import jax
 
     print(f"toy MoE: 8 experts, top 2, sigmoid router, {args.steps} steps of 16 x 64 tokens on "
-          f"{jax.devices()[0].device_kind}")
+          f"{jax.devices()[0].device_kind}" + (f" ({' '.join(overrides)})" if overrides else ""))
     for bias in (True, False):
-        loads = run(args.steps, bias, args.rate)
+        loads = run(args.steps, bias, args.rate, overrides)
         end = sum(loads[-args.tail:]) / len(loads[-args.tail:])
         name = f"expert bias (rate {args.rate:g})" if bias else "no balancing     "
         print(f"{name}: worst layer max/mean load at step 5 {loads[0]:.2f}, max over the run {max(loads):.2f}, "
