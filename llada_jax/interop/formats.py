@@ -1,20 +1,25 @@
 """The checkpoint-format registry: which Hugging Face format a model exports to and a config.json imports from.
 
 A format is a module with NAME, MODEL_TYPE, LAYER_NAMES / LAYER_PREFIX / TOP_NAMES (our param keys -> its
-tensor names), OPTIONS (the optional model features it can carry, of `model_options`), `hf_config(model_config,
-torch_dtype)` and `model_fields(hf_config_dict)`. A new format (a new
-model family's official release) is one module and one entry here.
+tensor names), OPTIONS (the optional model features it can carry, of `model_options`), optionally REQUIRES
+(options every model in it has, e.g. Qwen2's q/k/v biases) and AUTOREGRESSIVE (an AR architecture: imported
+as the init of a diffusion run), `hf_config(model_config, torch_dtype)` and `model_fields(hf_config_dict)`.
+A new format (a new model family's official release) is one module and one entry here; config.HF_FORMATS
+lists the same names.
 """
 from __future__ import annotations
 
 from llada_jax.config import ConfigError, ModelConfig
-from llada_jax.interop import llada_format, llama_format
+from llada_jax.interop import llada_format, llama_format, qwen2_format, qwen3_format
 
-FORMATS = {f.NAME: f for f in (llada_format, llama_format)}
+FORMATS = {f.NAME: f for f in (llada_format, llama_format, qwen2_format, qwen3_format)}
 
 
 def for_model(cfg: ModelConfig):
-    """The format a model exports to: a mask predictor to the official LLaDA one, the AR baseline to Llama."""
+    """The format a model exports to: the architecture it was imported from (model.hf_format), else the official
+    LLaDA one for a mask predictor and Llama for the AR baseline."""
+    if cfg.hf_format:
+        return FORMATS[cfg.hf_format]
     return llama_format if cfg.causal else llada_format
 
 
@@ -41,3 +46,7 @@ def check_representable(fmt, cfg: ModelConfig) -> None:
     if missing:
         raise ConfigError(f"the {fmt.NAME} format cannot hold a model with {', '.join(missing)}; this model "
                           f"cannot be exported to it")
+    lacking = sorted(set(getattr(fmt, "REQUIRES", ())) - model_options(cfg))
+    if lacking:
+        raise ConfigError(f"the {fmt.NAME} format needs a model with {', '.join(lacking)}; this model has none, so "
+                          "it cannot be exported to it (set model.hf_format='' for the LLaDA format)")
