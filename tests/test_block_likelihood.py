@@ -120,20 +120,51 @@ def test_guidance_is_refused_for_a_block_diffusion_model():
                                   block_size=BLOCK)
 
 
-def test_score_and_sample_a_block_diffusion_checkpoint(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def block_export(tmp_path_factory):
     config = small_config("train.objective=block_diffusion", "train.block_size=4")
-    params_export.save_params(tmp_path / "bd", M.init_params(ModelConfig.from_config(config.model), 0), config)
+    folder = tmp_path_factory.mktemp("bd") / "params"
+    params_export.save_params(folder, M.init_params(ModelConfig.from_config(config.model), 0), config)
+    return folder
+
+
+def test_score_and_sample_a_block_diffusion_checkpoint(block_export, tmp_path, capsys):
     (tmp_path / "items.jsonl").write_text(json.dumps({"prompt": "sort 31=", "choices": ["13", "31"], "label": 0}))
-    assert main(["score", f"--checkpoint={tmp_path / 'bd'}", f"--input={tmp_path / 'items.jsonl'}",
+    assert main(["score", f"--checkpoint={block_export}", f"--input={tmp_path / 'items.jsonl'}",
                  "--mc-num=8", "--batch-size=4"]) == 0
     out, err = capsys.readouterr()
     record = json.loads(out.splitlines()[0])
     assert "block-diffusion ELBO with block 4" in err and all(math.isfinite(v) for v in record["log_likelihood"])
-    assert main(["sample", f"--checkpoint={tmp_path / 'bd'}", "--prompt=sort 531=", "--prompt=ab",
+    assert main(["sample", f"--checkpoint={block_export}", "--prompt=sort 531=", "--prompt=ab",
                  "--gen-length=6", "--steps=6"]) == 0
     out, err = capsys.readouterr()
     assert "decoding block by block (block 4) with an exact cache" in err and out.count("=== ") == 2
-    assert main(["sample", f"--checkpoint={tmp_path / 'bd'}", "--prompt=ab", "--cache=dual", "--gen-length=8",
+    assert main(["sample", f"--checkpoint={block_export}", "--prompt=ab", "--cache=dual", "--gen-length=8",
                  "--steps=8"]) == 2
     err = capsys.readouterr().err
     assert "--cache=dual does not apply to a block-diffusion model; use one of auto, exact, none" in err
+
+
+def test_harness_model_decodes_and_scores_a_block_diffusion_checkpoint(block_export, capsys):
+    pytest.importorskip("lm_eval")
+    from types import SimpleNamespace
+
+    from llada_jax.eval import requests as req_lib
+    from llada_jax.eval.harness_model import LladaJaxLM
+
+    lm = LladaJaxLM(str(block_export), gen_length="6", steps="6", block_length="6", gen_batch_size="8",
+                    mc_num="8", mc_batch_size="4")
+    prompts = ["sort 531=", "ab"]
+    got = lm.generate_until([SimpleNamespace(args=(p, {"until": []})) for p in prompts])
+    assert main(["sample", f"--checkpoint={block_export}", *[f"--prompt={p}" for p in prompts], "--gen-length=6",
+                 "--steps=6"]) == 0
+    text = capsys.readouterr().out
+    for prompt, answer in zip(prompts, got):
+        assert answer == text.split(f"=== {prompt}\n", 1)[1].split("\n=== ")[0].split("\n(")[0]
+    scored = lm.loglikelihood([SimpleNamespace(args=("sort 31=", "13"))])
+    pair = req_lib.encode_pair(lm.vocab, "sort 31=", "13")
+    keys = req_lib.request_keys(["sort 31="], 0)
+    options = dict(mask_id=lm.mask_id, mc_num=8, batch_size=4)
+    block = likelihood.batched_log_likelihoods(lm.graphdef, lm.params, [pair], keys, block_size=4, **options)
+    full = likelihood.batched_log_likelihoods(lm.graphdef, lm.params, [pair], keys, **options)
+    assert scored[0][0] == pytest.approx(block[0][0], abs=1e-6) and abs(block[0][0] - full[0][0]) > 1e-4
