@@ -82,22 +82,24 @@ def block_causal_logits(graphdef, params, tokens):
 
 def reference_row(graphdef, params, prompt, *, gen_length, steps_per_block, threshold=None):
     """One prompt decoded as LLaDA2's generate does: the sequence is the prompt then masks up to a block
-    boundary, each block decoded with the sequence cut at its end and recomputed at every step, greedy."""
+    boundary, each block decoded with the sequence cut at its end and recomputed at every step, greedy; masks
+    after the answer are never revealed (they stay noise, where LLaDA2 reveals and drops them)."""
     n = len(prompt)
     total = -(-(n + gen_length) // BLOCK) * BLOCK
     x = np.array(list(prompt) + [MASK] * (total - n), np.int32)
     for block in range(n // BLOCK, total // BLOCK):
         end = (block + 1) * BLOCK
-        counts = np.array([np.sum(x[end - BLOCK:end] == MASK)])
+        answer = np.arange(end - BLOCK, end) < n + gen_length
+        counts = np.array([np.sum((x[end - BLOCK:end] == MASK) & answer)])
         schedule = np.asarray(rules.transfer_schedule(jnp.asarray(counts), steps_per_block))[0]
         for step in range(steps_per_block if threshold is None else BLOCK):
             current = x[end - BLOCK:end]
-            if not np.any(current == MASK):
+            if not np.any((current == MASK) & answer):
                 break
             logits = block_causal_logits(graphdef, params, jnp.asarray(x[None, :end]))[:, end - BLOCK:]
             pred = rules.predict(logits, None, 0.0, MASK)
             conf = rules.confidence(logits, pred, None, "low_confidence")
-            conf = jnp.where(jnp.asarray(current[None] == MASK), conf, -jnp.inf)
+            conf = jnp.where(jnp.asarray((current == MASK) & answer)[None], conf, -jnp.inf)
             chosen = np.asarray(rules.reveal_mask(conf, jnp.asarray([schedule[step]]), threshold=threshold,
                                                   factor=None))[0]
             x[end - BLOCK:end] = np.where(chosen, np.asarray(pred)[0], current)

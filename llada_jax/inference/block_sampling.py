@@ -9,8 +9,9 @@ keys/values, so they are cached exactly, and a step recomputes only the current 
 A prompt that ends mid-block is handled as LLaDA2's generate does: its last, partial block is the first block
 decoded, with the prompt tokens kept as given and the rest masked. Those prompt tokens belong to the block
 being decoded (they see its masks, as an SFT prompt sharing its last block with the response does in
-training), so they are recomputed with it. Decoding goes to the end of the block holding each row's last
-answer position; positions after the answer are decoded and dropped, as in LLaDA2.
+training), so they are recomputed with it. At the other end the block holding a row's last answer position
+runs past it: those positions stay masks, seen by the answer but never revealed (LLaDA2 reveals and drops
+them; keeping them masked marginalises over them and spends no steps on them).
 
 Static shapes for prompts of different lengths: every row is shifted so that block boundaries fall on the same
 columns. Row r's prompt (n_r tokens) starts at column B * (F - n_r // B), with F = max(1, P // B) for the prompt
@@ -116,17 +117,21 @@ def block_logits(graphdef, params, x, lay: Layout, kv, start, *, block_size: int
 
 
 def _decode_block(graphdef, params, lay: Layout, block, carry, *, block_size, steps_per_block, cache, mask_id,
-                  **rule):
-    """Every step of the block at column block `block` (traced); carry (x, trace, key, passes, kv)."""
+                  gen_length, **rule):
+    """Every step of the block at column block `block` (traced); carry (x, trace, key, passes, kv). Candidates are
+    the block's masked answer positions: masks after a row's answer stay masks (the answer's prediction
+    marginalises over them) and cost no steps."""
     x, trace, key, passes, kv = carry
     start = block * block_size
+    end = jnp.minimum(start + block_size, lay.answer_start + gen_length)[:, None]  # [R, 1]
     logits_of = functools.partial(block_logits, graphdef, params, lay=lay, start=start, block_size=block_size,
                                   cache=cache)
-    reveal = functools.partial(rules.reveal_columns, start=start, block_end=start + block_size, mask_id=mask_id,
-                               **rule)
-    masked = lambda x: jnp.any(jax.lax.dynamic_slice_in_dim(x, start, block_size, axis=1) == mask_id)  # noqa: E731
-    counts = jnp.sum(jax.lax.dynamic_slice_in_dim(x, start, block_size, axis=1) == mask_id, axis=1)
-    schedule = rules.transfer_schedule(counts, steps_per_block)
+    reveal = functools.partial(rules.reveal_columns, start=start, block_end=end, mask_id=mask_id, **rule)
+    columns = start + jnp.arange(block_size)[None, :]
+    candidates = lambda x: (jax.lax.dynamic_slice_in_dim(x, start, block_size, axis=1) == mask_id) & (  # noqa: E731
+        columns < end)
+    masked = lambda x: jnp.any(candidates(x))  # noqa: E731
+    schedule = rules.transfer_schedule(jnp.sum(candidates(x), axis=1), steps_per_block)
     scheduled_rule = rule["threshold"] is None and rule["factor"] is None
     logits, kv = logits_of(x=x, kv=kv, commit=cache == "exact")
     state = reveal((x, trace, key), logits, scheduled=schedule[:, 0], step_index=passes)
@@ -178,7 +183,7 @@ def _generate_blocks(graphdef, params, prompt, prompt_valid, key, *, gen_length,
     if cache == "exact":
         kv = prefill(graphdef, params, lay, block_size=block_size, first=first)
         passes = jnp.int32(1 if first > 1 else 0)
-    decode = functools.partial(_decode_block, graphdef, params, lay, block_size=block_size,
+    decode = functools.partial(_decode_block, graphdef, params, lay, block_size=block_size, gen_length=gen_length,
                                steps_per_block=steps_per_block, cache=cache, mask_id=mask_id,
                                temperature=temperature, remasking=remasking, threshold=threshold, factor=factor)
     finished = functools.partial(_finished, lay=lay, block_size=block_size, gen_length=gen_length, eos_id=eos_id)
