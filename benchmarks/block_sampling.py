@@ -17,8 +17,13 @@ sampler then decodes the prompt's last partial block first.
 
 Accuracy: with --mdm-checkpoint (a full-sequence model, e.g. `llada-jax demo`'s) and --bd-checkpoint (one
 trained with train.objective=block_diffusion on the same task), each decodes the held-out problems of
-`llada_jax.data.synthetic_tasks` (--task, --size; greedy, EOS early stop) in the modes that apply to it, and
-the table adds exact-match accuracy.
+`llada_jax.data.synthetic_tasks` (--task, --size, and the demo's split: --train-examples, --seed; greedy, EOS
+early stop) in the modes that apply to it, and the table adds exact-match accuracy:
+
+    llada-jax demo --workdir=runs/demo-mdm
+    llada-jax demo --objective=block_diffusion --workdir=runs/demo-bd
+    python benchmarks/block_sampling.py --mdm-checkpoint=runs/demo-mdm/params --bd-checkpoint=runs/demo-bd/params \
+        --gen-length=6 --steps=6 --block-length=6 [--threshold=0.95]
 """
 import argparse
 import os
@@ -55,7 +60,10 @@ def parse_args(argv=None):
     parser.add_argument("--bd-checkpoint", default=None, help="accuracy: a block-diffusion model trained on --task")
     parser.add_argument("--task", default="sorting")
     parser.add_argument("--size", type=int, default=4)
-    parser.add_argument("--n-test", type=int, default=256)
+    parser.add_argument("--train-examples", type=int, default=20000, help="the split `llada-jax demo` made (its "
+                        "--train-examples, and its train.seed as --seed), so the test problems are its held-out ones")
+    parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_known_args(argv)
 
 
@@ -134,7 +142,8 @@ def accuracy_table(args) -> list[dict]:
     from llada_jax.data.vocab import ByteVocabulary
 
     vocab = ByteVocabulary()
-    _, test_set = synthetic_tasks.train_test_split(args.task, 1000, args.n_test, seed=12345, size=args.size)
+    _, test_set = synthetic_tasks.train_test_split(args.task, args.train_examples, args.n_test, seed=args.seed,
+                                                   size=args.size)
     prompt_width = max(len(e.prompt) for e in test_set)
     tokens, valid = synthetic_tasks.encode(test_set, vocab, prompt_width, args.gen_length)
     prompt, valid = jnp.asarray(tokens[:, :prompt_width]), jnp.asarray(valid)

@@ -310,7 +310,7 @@ def validate_mesh(config, device_count: int) -> None:
 
 # ---------------------------------------------------------------- block diffusion (issue 22's shared interface)
 
-def block_schedule_entries(text: str) -> list[tuple[int, float]]:
+def parse_block_schedule(text: str) -> list[tuple[int, float]]:
     """train.block_schedule "size:fraction,size:fraction,..." as [(size, fraction)] in order ("" -> [])."""
     entries = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
@@ -332,7 +332,7 @@ def decode_block_size(config) -> int | None:
     train = config.get("train") or {}
     if train.get("objective") != "block_diffusion":
         return None
-    entries = block_schedule_entries(train.get("block_schedule", "") or "")
+    entries = parse_block_schedule(train.get("block_schedule", "") or "")
     size = entries[-1][0] if entries else int(train.get("block_size", 32))
     if size <= 0:
         raise ConfigError(f"train.block_size={size} must be positive")

@@ -189,3 +189,29 @@ def test_exact_cache_on_a_full_sequence_model_is_refused(model):
     with pytest.raises(ConfigError, match="this model is a full-sequence one"):
         sampling.generate(graphdef, params, ids, valid, jax.random.key(0), gen_length=8, steps=8, block_length=4,
                           mask_id=MASK, cache="exact")
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_both_tables_at_toy_shapes(tmp_path, capsys):
+    """benchmarks/block_sampling.py: the speed table (the exact cache equal to recomputing, token for token) and
+    the accuracy table on a full-sequence and a block-diffusion checkpoint."""
+    import importlib.util
+    import os
+
+    from llada_jax.checkpoints import params_export
+
+    from helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("block_bench", os.path.join(ROOT, "benchmarks", "block_sampling.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    toy = ["--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.mlp_hidden=64"]
+    rows = bench.main(["--prompt-length=5", "--gen-length=8", "--steps=8", "--block-length=4", "--repeats=1", *toy])
+    assert [r["mode"] for r in rows][-1] == "block, exact cache" and rows[-1]["same"] == 1.0
+    for name, objective in (("mdm", "sft"), ("bd", "block_diffusion")):
+        config = small_config(f"train.objective={objective}", "train.block_size=4")
+        params_export.save_params(tmp_path / name, M.init_params(ModelConfig.from_config(config.model), 0), config)
+    rows = bench.main([f"--mdm-checkpoint={tmp_path / 'mdm'}", f"--bd-checkpoint={tmp_path / 'bd'}", "--n-test=4",
+                       "--train-examples=50", "--gen-length=6", "--steps=6", "--block-length=6", "--repeats=1"])
+    assert len(rows) == 5 and all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    assert "accuracy on 4 sorting problems" in capsys.readouterr().out
