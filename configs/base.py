@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.qkv_bias = False
     c.model.rotary_dim = 0
     c.model.tie_embeddings = False
+    # The Hugging Face architecture the weights were imported from (llama | qwen2 | qwen3; set by `convert
+    # from-hf`): `convert to-hf` writes that architecture's names back. "": LLaDA format (Llama for causal=True).
+    c.model.hf_format = ""
     c.model.max_seq_len = 4096
     c.model.rope_theta = 500000.0
     c.model.rms_norm_eps = 1e-5
@@ -90,7 +93,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.distributed.heartbeat_timeout_s = 60
 
     c.train = ml_collections.ConfigDict()
-    c.train.objective = "mdm"  # mdm (masked diffusion pretraining) | ar (next-token baseline)
+    c.train.objective = "mdm"  # mdm (masked diffusion pretraining) | ar (next-token baseline) | block_diffusion
+    # Block diffusion: positions i // block_size form blocks, each denoised given the clean blocks before it
+    # (sample/score/eval decode such a checkpoint block by block with an exact KV cache). block_schedule
+    # "size:fraction,..." changes the size over training (the last entry is the size the run ends at); "": constant.
+    c.train.block_size = 32
+    c.train.block_schedule = ""
     c.train.steps = 1000
     c.train.global_batch_size = 8  # sequences per optimizer step, over all processes
     c.train.grad_accum_steps = 1  # micro-batches per step; global_batch_size must divide evenly

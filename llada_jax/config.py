@@ -23,7 +23,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Names the registries answer to (llada_jax/models/registry.py, llada_jax/objectives/registry.py); listed here
 # so a typo is caught before JAX loads. A test keeps them equal to the registries' keys.
 MODEL_FAMILIES = ("llada", "llada_moe", "llada2_moe")
-OBJECTIVES = ("mdm", "sft", "ar")
+OBJECTIVES = ("mdm", "sft", "ar", "block_diffusion")
+# Hugging Face architectures a model can be exported as (llada_jax/interop/formats.py); model.hf_format records
+# the one it was imported from ("" : LLaDA for a mask predictor, Llama for the AR baseline).
+HF_FORMATS = ("llada", "llama", "qwen2", "qwen3")
 SCHEDULES = ("wsd", "cosine", "constant")
 
 
@@ -84,6 +87,7 @@ class ModelConfig:
     qkv_bias: bool = False
     rotary_dim: int = 0
     tie_embeddings: bool = False
+    hf_format: str = ""
     max_seq_len: int = 4096
     rope_theta: float = 500000.0
     rms_norm_eps: float = 1e-5
@@ -262,6 +266,8 @@ def validate_model(m) -> ModelConfig:
     mc = ModelConfig.from_config(m)
     if mc.family not in MODEL_FAMILIES:
         raise ConfigError(f"model.family={mc.family!r} is unknown; use one of {MODEL_FAMILIES}")
+    if mc.hf_format and mc.hf_format not in HF_FORMATS:
+        raise ConfigError(f"model.hf_format={mc.hf_format!r} is unknown; use '' or one of {HF_FORMATS}")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
         if getattr(mc, name) <= 0:
             raise ConfigError(f"model.{name}={getattr(mc, name)} must be positive")
@@ -414,6 +420,37 @@ def validate_mesh(config, device_count: int) -> None:
             f"the micro-batch of {micro} sequences (train.global_batch_size / train.grad_accum_steps) does not "
             f"split over mesh {axes}={batch_shards} devices; make it a multiple of {batch_shards}"
         )
+
+
+# ---------------------------------------------------------------- block diffusion (issue 22's shared interface)
+
+def parse_block_schedule(text: str) -> list[tuple[int, float]]:
+    """train.block_schedule "size:fraction,size:fraction,..." as [(size, fraction)] in order ("" -> [])."""
+    entries = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        size, _, fraction = part.partition(":")
+        try:
+            entries.append((int(size), float(fraction)))
+        except ValueError:
+            raise ConfigError(f"train.block_schedule entry {part!r} is not size:fraction; write e.g. "
+                              "'1:0.05,4:0.05,32:0.9'") from None
+        if entries[-1][0] <= 0 or not 0.0 <= entries[-1][1] <= 1.0:
+            raise ConfigError(f"train.block_schedule entry {part!r} needs a positive size and a fraction in [0, 1]")
+    return entries
+
+
+def decode_block_size(config) -> int | None:
+    """The block size a model decodes and is scored with: None for a full-sequence model, and for one trained
+    with train.objective='block_diffusion' the block size its training ended at (the last entry of
+    train.block_schedule, else train.block_size). Reads a checkpoint's stored config as well as a live one."""
+    train = config.get("train") or {}
+    if train.get("objective") != "block_diffusion":
+        return None
+    entries = parse_block_schedule(train.get("block_schedule", "") or "")
+    size = entries[-1][0] if entries else int(train.get("block_size", 32))
+    if size <= 0:
+        raise ConfigError(f"train.block_size={size} must be positive")
+    return size
 
 
 # ---------------------------------------------------------------- the mesh section's arithmetic (no JAX needed)

@@ -162,3 +162,29 @@ def test_scorer_with_splash_compiles_for_tpu_without_length_by_length_scores(tpu
     assert "tpu_custom_call" in splash and "splash" in splash
     assert not re.search(LENGTH_BY_LENGTH, splash)
     assert re.search(LENGTH_BY_LENGTH, compiled_for_tpu(tpu_devices, "xla", scorer))
+
+
+def test_block_sampler_with_exact_cache_compiles_for_tpu_without_canvas_by_canvas_scores(tpu_devices):
+    """The block-diffusion decoder (prompt 128, answer 128, block 32: a 288-column canvas) compiles for TPU; with
+    the exact cache every pass scores at most two blocks of queries against the canvas, never [.., 288, 288],
+    which recomputing every column (cache none) does hold, so the check can fail."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    from llada_jax.inference import sampling
+
+    def decoder(cache):
+        def build(graphdef, mask_id, replicated):
+            decode, _ = sampling.decoder(graphdef, gen_length=128, steps=128, block_length=32, cache=cache,
+                                         mask_id=mask_id, block_diffusion=True)
+            rows = lambda dtype: jax.ShapeDtypeStruct((4, 128), dtype, sharding=replicated)  # noqa: E731
+            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+            return decode, (rows(jnp.int32), rows(jnp.bool_), key)
+        return build
+
+    canvas = r"(?:f32|bf16)\[[0-9,]*288,288\]"
+    exact = compiled_for_tpu(tpu_devices, "splash", decoder("exact"))
+    assert not re.search(canvas, exact) and re.search(r"f32\[[0-9,]*64,288\]", exact)  # previous + current block
+    assert re.search(canvas, compiled_for_tpu(tpu_devices, "splash", decoder("none")))

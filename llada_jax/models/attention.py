@@ -19,6 +19,12 @@ multiple of 128) falls back to blockwise; `unmet_requirement` is the one table o
 
 Masking rule everywhere: query i sees key j iff their segment ids are equal (and j <= i + kv_len - q_len when
 causal). Segment 0 is padding; padding rows attend among themselves, so no row is ever empty.
+
+Segment ids may also carry visibility ranks, for block diffusion's block-causal patterns: queries as a pair
+(ids, rank) and keys as a triple (ids, from, to), all int [B, T] / [B, S]; query i then also needs
+from[j] <= rank[i] <= to[j]. With rank = from = the block index and to = a large number this is block-causal
+attention (a block sees itself and the blocks before it); an interval of one rank makes a key visible to one
+block only. The xla and blockwise kernels take ranks (cuDNN through its dense-mask path); splash runs blockwise.
 """
 from __future__ import annotations
 
@@ -126,6 +132,8 @@ def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool = False, i
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = resolve(implementation, q.shape[1], k.shape[1], q.shape[-1], dtype=q.dtype, block_size=block_size)
+    if isinstance(q_segment_ids, tuple):  # visibility ranks: no sequence lengths, no splash mask for them
+        impl, kv_lengths = ("blockwise" if impl == "splash" else impl), None
     if impl == "xla":
         return reference_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale)
     if impl == "cudnn":
@@ -135,11 +143,25 @@ def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool = False, i
     return blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, block_size)
 
 
+def _visible(q_seg, kv_seg):
+    """[B, T, S] boolean: equal segment ids, and the query's rank within the key's [from, to] when ranks are given
+    (see the module docstring)."""
+    if not isinstance(q_seg, tuple):
+        return q_seg[:, :, None] == kv_seg[:, None, :]
+    (q_ids, rank), (kv_ids, lo, hi) = q_seg, kv_seg
+    rank = rank[:, :, None]
+    return (q_ids[:, :, None] == kv_ids[:, None, :]) & (lo[:, None, :] <= rank) & (rank <= hi[:, None, :])
+
+
+def _length(seg) -> int:
+    return (seg[0] if isinstance(seg, tuple) else seg).shape[1]
+
+
 def _allowed(q_seg, kv_seg, causal: bool, kv_offset=0):
-    """[B, T, S] boolean: equal segments, and key position <= query position + offset when causal."""
-    ok = q_seg[:, :, None] == kv_seg[:, None, :]
+    """[B, T, S] boolean: visible segments, and key position <= query position + offset when causal."""
+    ok = _visible(q_seg, kv_seg)
     if causal:
-        t, s = q_seg.shape[1], kv_seg.shape[1]
+        t, s = _length(q_seg), _length(kv_seg)
         q_pos = jnp.arange(t)[:, None] + (s - t)
         k_pos = jnp.arange(s)[None, :] + kv_offset
         ok = ok & (k_pos <= q_pos)[None]
@@ -164,7 +186,9 @@ def _cudnn_attention(q, k, v, q_seg, kv_seg, causal, scale, kv_lengths):
 # ---------------------------------------------------------------- blockwise (pure JAX, flash-style backward)
 
 def _kv_blocks(x, block):
-    """[B, S, ...] -> [S / block, B, block, ...] (S already a multiple of block)."""
+    """[B, S, ...] -> [S / block, B, block, ...] (S already a multiple of block); segment tuples leaf by leaf."""
+    if isinstance(x, tuple):
+        return tuple(_kv_blocks(a, block) for a in x)
     b, s = x.shape[:2]
     return jnp.moveaxis(x.reshape((b, s // block, block) + x.shape[2:]), 1, 0)
 
@@ -177,17 +201,21 @@ def _pad_kv(k, v, kv_seg, block):
     if pad:
         k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
         v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
-        kv_seg = jnp.pad(kv_seg, ((0, 0), (0, pad)), constant_values=-1)
+        widen = lambda a, value: jnp.pad(a, ((0, 0), (0, pad)), constant_values=value)  # noqa: E731
+        if isinstance(kv_seg, tuple):  # visibility ranks of padded keys: any value (their id -1 hides them)
+            kv_seg = (widen(kv_seg[0], -1),) + tuple(widen(a, 0) for a in kv_seg[1:])
+        else:
+            kv_seg = widen(kv_seg, -1)
     return k, v, kv_seg, block
 
 
 def _block_scores(qg, kb, q_seg, seg_b, start, causal, scale, q_offset):
     """Masked float32 scores [B, K, G, T, block] of grouped queries qg [B, T, K, G, H] against one key block."""
     s = jnp.einsum("btkgh,bskh->bkgts", qg, kb, preferred_element_type=jnp.float32) * scale
-    ok = q_seg[:, :, None] == seg_b[:, None, :]
+    ok = _visible(q_seg, seg_b)
     if causal:
-        q_pos = jnp.arange(q_seg.shape[1])[:, None] + q_offset
-        ok = ok & ((start + jnp.arange(seg_b.shape[1]))[None, :] <= q_pos)[None]
+        q_pos = jnp.arange(_length(q_seg))[:, None] + q_offset
+        ok = ok & ((start + jnp.arange(_length(seg_b)))[None, :] <= q_pos)[None]
     return jnp.where(ok[:, None, None], s, _NEG), ok[:, None, None]
 
 

@@ -23,12 +23,19 @@ class Objective:
     accuracy_meaning: str = "masked-token"  # the same in the closing line
 
 
+def _block_diffusion_not_built(graphdef, config, params, batch, key):
+    """Placeholder until issue 22 part A's two-stream objective lands (its entry replaces this one)."""
+    raise ConfigError("train.objective='block_diffusion' cannot train on this branch (the two-stream objective "
+                      "is issue 22 part A); its checkpoints sample, score and export here")
+
+
 # train.objective -> Objective (config.OBJECTIVES lists the same names)
 OBJECTIVES = {
     "mdm": Objective(mdm.loss),
     "sft": Objective(sft.loss, batch_fields=sft.BATCH_FIELDS),
     "ar": Objective(ar.loss, loss_label="NLL", loss_meaning="NLL", accuracy_label="next-token",
                     accuracy_meaning="next-token"),
+    "block_diffusion": Objective(_block_diffusion_not_built),
 }
 
 
