@@ -53,9 +53,14 @@ def apply(graphdef, params, tokens, positions=None, segment_ids=None, **cache_ar
     return nnx.merge(graphdef, params)(tokens, positions, segment_ids, **cache_args)
 
 
-def apply_head(graphdef, params, tokens, positions=None, segment_ids=None, lengths=None) -> HeadOutput:
-    """Pure forward pass for training losses: a HeadOutput (hidden states + head) instead of [B, T, V] logits."""
-    return nnx.merge(graphdef, params).head(tokens, positions, segment_ids, lengths)
+def apply_head(graphdef, params, tokens, positions=None, segment_ids=None, lengths=None,
+               attention_pattern=None) -> HeadOutput:
+    """Pure forward pass for training losses: a HeadOutput (hidden states + head) instead of [B, T, V] logits.
+    `attention_pattern` (block_mask.BlockPattern) is block diffusion's attention layout."""
+    model = nnx.merge(graphdef, params)
+    if attention_pattern is None:
+        return model.head(tokens, positions, segment_ids, lengths)
+    return model.head(tokens, positions, segment_ids, lengths, attention_pattern=attention_pattern)
 
 
 def init_params(cfg: ModelConfig, seed: int):

@@ -95,7 +95,8 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, *, cache_kv=None, cache_segment_ids=None,
-                 window_start=None, return_kv: bool = False, lengths: jax.Array | None = None):
+                 window_start=None, return_kv: bool = False, lengths: jax.Array | None = None,
+                 attention_pattern=None):
         """tokens [B, T] -> float32 logits [B, T, V].
 
         `segment_ids` (packed documents or padding) restrict attention to equal ids; positions default to
@@ -104,9 +105,11 @@ class Transformer(nnx.Module):
         K, H] each); `cache_kv` (such a pair for a whole sequence, with its `cache_segment_ids`) makes `tokens`
         the window of that sequence starting at column `window_start` (traced): only the window is recomputed,
         its keys and values replace the cached ones there, and it attends to the whole sequence.
+        `attention_pattern` (a block_mask.BlockPattern) restricts attention by column as block diffusion does.
         """
         x, kv = self.hidden_states(tokens, positions, segment_ids, cache_kv=cache_kv,
-                                   cache_segment_ids=cache_segment_ids, window_start=window_start, lengths=lengths)
+                                   cache_segment_ids=cache_segment_ids, window_start=window_start, lengths=lengths,
+                                   attention_pattern=attention_pattern)
         logits = project(x, self.head_weight())
         return (logits, kv) if return_kv else logits
 
@@ -115,14 +118,14 @@ class Transformer(nnx.Module):
         return self.wte[...].T if self.cfg.tie_embeddings else self.ff_out[...]
 
     def head(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
-             lengths: jax.Array | None = None) -> HeadOutput:
+             lengths: jax.Array | None = None, attention_pattern=None) -> HeadOutput:
         """The training output: final hidden states plus head weight; losses compute logits chunk by chunk."""
-        x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths)
+        x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths, attention_pattern=attention_pattern)
         # the f32 weight goes in (cast per chunk), so its gradient is summed over chunks in f32
         return HeadOutput(x, self.head_weight(), self.cfg.loss_chunk_tokens)
 
     def hidden_states(self, tokens, positions=None, segment_ids=None, *, cache_kv=None, cache_segment_ids=None,
-                      window_start=None, lengths=None):
+                      window_start=None, lengths=None, attention_pattern=None):
         """tokens [B, T] -> (final RMS-normed hidden states [B, T, d] in the compute dtype, per-layer (k, v))."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
@@ -135,7 +138,7 @@ class Transformer(nnx.Module):
         if cache_kv is not None and cache_segment_ids is None:
             cache_segment_ids = jnp.ones(cache_kv[0].shape[1:3], segment_ids.dtype)
         key_ids = segment_ids if cache_kv is None else cache_segment_ids
-        segments = (segment_ids, key_ids, lengths)
+        segments = (segment_ids, key_ids, lengths) + ((attention_pattern,) if attention_pattern is not None else ())
 
         # Params are cast to the compute dtype once, outside the layer loop (and before FSDP gathers them).
         cast = lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
