@@ -11,7 +11,10 @@ Rows (random weights throughout; compilation is timed apart from the steady stat
                  params), bf16 serving, prefix cache, dual cache, dual cache + threshold 0.9; seconds per batch
                  and the speed-up over LLaDA's generate.py on one H100 (9.02 s for 256 tokens at batch 1)
 - scoring        batched Monte Carlo scoring against the one-request loop (the official class), rows/s
-- moe_step, block_diffusion_step: the MoE and block-diffusion train steps, once those objectives exist
+- block_diffusion_step  configs/llada_1b.py's block-diffusion train step (block 32, two streams of 4096 per row, 2 rows
+                 per device) with the platform's kernel (GPU: cuDNN with a dense two-stream mask) and with the tiled
+                 blockwise kernel that skips empty tiles: tokens/s, MFU (the objective's FLOPs), peak memory
+- moe_step       the MoE train step, once that family exists
 A row that crashes is marked FAILED with its one-line cause and makes the exit code 1; a row the time budget
 leaves no room for is marked SKIPPED (budget); nothing is left out silently. `--smoke` runs every row at toy
 shapes (CPU: under a minute), which tests/test_benchmarks.py does.
@@ -59,6 +62,7 @@ class Scale:
     score_mc: int
 
 
+BLOCK = {"full": 32, "smoke": 8}  # block_diffusion_step's block size
 FULL = Scale("configs/llada_1b.py", ("train.seq_len=4096",), 4, "configs/llada_8b.py", ("model.n_layers=6",), 2, 5,
              dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128,
                   mlp_hidden=12288, max_seq_len=4096), 256, 256, 32, (1, 8), 32, 128)
@@ -95,7 +99,7 @@ def measure_step(config, mesh, steps: int) -> dict:
 
     from llada_jax import sharding
     from llada_jax.config import ModelConfig
-    from llada_jax.models import flops
+    from llada_jax.objectives import registry as objectives
     from llada_jax.training.trainer import Trainer
     from llada_jax.utils import chips
 
@@ -115,7 +119,9 @@ def measure_step(config, mesh, steps: int) -> dict:
     loss = float(metrics["loss"])
     del state, batch
     n_tokens = t.global_batch_size * t.seq_len
-    model_flops = flops.flops_per_token(ModelConfig.from_config(config.model), t.seq_len) * n_tokens
+    fpt = objectives.get(t.objective).flops_per_token(ModelConfig.from_config(config.model), t.seq_len,
+                                                      t.get("block_size", 32))
+    model_flops = fpt * n_tokens
     peak = chips.peak_tflops(jax.devices()[0].device_kind)
     return {"tokens_per_s": n_tokens / step_s, "step_s": step_s, "compile_s": compile_s,
             "mfu": model_flops / step_s / (peak * 1e12 * jax.device_count()) if peak else None,
@@ -246,6 +252,21 @@ def row_scoring(scale: Scale) -> dict:
             "largest_difference_nats": float(np.max(np.abs(np.asarray(got)[:, 0] - np.asarray(want)[:, 0])))}
 
 
+def row_block_diffusion(scale: Scale) -> dict:
+    """The 1B block-diffusion step with the platform's kernel (auto) and with the tiled blockwise kernel."""
+    block = BLOCK["smoke" if scale is SMOKE else "full"]
+    out = {}
+    for kernel in ("auto", "blockwise"):
+        overrides = scale.train_overrides + ("train.objective=block_diffusion", f"train.block_size={block}",
+                                             f"model.attention={kernel}")
+        config, mesh = train_setup(scale.train_config, overrides, max(1, scale.train_rows // 2))
+        result = measure_step(config, mesh, scale.steps)
+        out[f"{kernel} ({result['kernel']})"] = {k: result[k] for k in ("tokens_per_s", "mfu", "peak_gib",
+                                                                        "compile_s", "rows_per_device")}
+        gc.collect()
+    return out
+
+
 def row_not_built(objective: str, issue: int):
     def row(scale: Scale):
         raise Skipped(f"the {objective} train step does not exist yet (issue {issue})")
@@ -259,7 +280,7 @@ ROWS = {
     "sampler_8b": row_sampler_8b,
     "scoring": row_scoring,
     "moe_step": row_not_built("mixture-of-experts", 23),
-    "block_diffusion_step": row_not_built("block-diffusion", 22),
+    "block_diffusion_step": row_block_diffusion,
 }
 
 

@@ -12,7 +12,7 @@ SHAPE_FIELDS = ("family", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_
 
 SCHEDULE_FIELDS = ("train.steps", "train.global_batch_size", "train.seq_len", "train.objective", "optimizer.lr",
                    "optimizer.schedule", "optimizer.warmup_steps", "optimizer.final_ratio", "optimizer.wsd_drop_at",
-                   "optimizer.wsd_decay_from", "optimizer.wsd_drop_ratio")
+                   "optimizer.wsd_decay_from", "optimizer.wsd_drop_ratio", "train.block_size", "train.block_schedule")
 
 
 def schedule_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:
