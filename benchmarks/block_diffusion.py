@@ -8,7 +8,8 @@ aot: compiles configs/llada_8b.py's train step for the topology through libtpu (
 train.objective=block_diffusion at --block and once as LLaDA's MDM step at the same seq_len, and prints for each:
 whether it fits a chip at --per-chip sequences (XLA's memory analysis against the chip's HBM) and the largest batch
 that would, whether the splash kernel is in the program, whether any [.., 2L, 2L] (block diffusion) or [.., L, L]
-buffer exists, XLA's FLOPs (cost analysis; it counts the scanned layer body once, so both steps are counted alike,
+buffer exists (a scores-like shape, two or more leading dims; it cannot tell one from activations when d_model
+equals the column count, which the 8B shape does not do), XLA's FLOPs (cost analysis; it counts the scanned layer body once, so both steps are counted alike,
 and the Pallas kernel's own FLOPs not at all) and the analytic FLOPs per token (the objective's accounting, with the
 attention pairs the mask allows). Also the splash tiles the block mask keeps.
 
@@ -37,8 +38,14 @@ def aot_row(name, config, devices):
     from llada_jax.training import preflight
 
     started = time.perf_counter()
-    compiled, mesh, devices = preflight.compile_for(config, devices)
-    report = preflight.memory_report(compiled, config, mesh, devices)
+    kept = []
+    compile_step = preflight.compile_or_explain  # analyse compiles once; keep the executable for its HLO and FLOPs
+    preflight.compile_or_explain = lambda trainer: kept.append(compile_step(trainer)) or kept[-1]
+    try:
+        report = preflight.analyse(config, devices)
+    finally:
+        preflight.compile_or_explain = compile_step
+    compiled = kept[-1]
     hlo = compiled.as_text()
     t = config.train
     columns = 2 * t.seq_len if t.objective == "block_diffusion" and t.block_size < t.seq_len else t.seq_len
@@ -81,8 +88,9 @@ def run_aot(args, overrides):
     print(f"block diffusion / MDM: XLA FLOPs {bd['xla_flops'] / mdm['xla_flops']:.3f}x, analytic "
           f"{bd['flops_per_token'] / mdm['flops_per_token']:.3f}x")
     pattern = BlockPattern(args.block, args.seq_len)
-    tiles = pattern.active_tiles(2 * args.seq_len, 512)
-    print(f"splash tiles of 512 over the {2 * args.seq_len} columns: {tiles.sum()} of {tiles.size} active "
+    tile = next(size for size in (512, 256, 128) if args.seq_len % size == 0)  # splash's choice
+    tiles = pattern.active_tiles(2 * args.seq_len, tile)
+    print(f"splash tiles of {tile} over the {2 * args.seq_len} columns: {tiles.sum()} of {tiles.size} active "
           f"({tiles.mean():.1%}); allowed pairs {pattern.allowed_pairs(2 * args.seq_len) / (2 * args.seq_len) ** 2:.1%} "
           f"of the dense square")
 

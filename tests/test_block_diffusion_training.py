@@ -77,6 +77,7 @@ SCHEDULE = ("train.steps=8", "train.block_schedule=1:0.25,16:0.25,4:0.25,1:0.25"
             "mesh.fsdp=4", "mesh.tensor=2")
 
 
+@pytest.mark.slow
 def test_block_curriculum_compiles_once_per_size_and_resumes_at_the_right_size(tmp_path):
     """Sizes 1, 16 (= seq_len: one stream), 4, then 1 again: three compiled steps, each compiled once; a run stopped
     inside the third phase resumes with block 4 and ends bitwise equal to the uninterrupted run."""

@@ -87,7 +87,7 @@ def test_shortened_block_diffusion_demo_learns_to_sort(tmp_path):
                           cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    assert "| block 4" in out and "in blocks of 4" in out
+    assert "| block 4" in out + done.stderr and "in blocks of 4" in out + done.stderr
     final = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["final"] and final["eval_loss"] < EVAL_LOSS_AFTER_150_STEPS, final
     accuracy = float(out.split("held-out accuracy: ")[1].split("=")[1].split("%")[0])

@@ -46,22 +46,10 @@ def device_memory_limit(device) -> int | None:
 
 
 def analyse(config, devices=None) -> dict:
-    """The memory report of the config's train step compiled for `devices` (default: this machine's)."""
-    compiled, mesh, devices = compile_for(config, devices)
-    return memory_report(compiled, config, mesh, devices)
-
-
-def compile_for(config, devices=None):
-    """(the compiled train step, its mesh, the devices): what `analyse` reads, for callers that also want the
-    executable (its HLO text, XLA's cost analysis)."""
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices))
     mesh = sharding.make_mesh(config.mesh, devices)
-    return compile_or_explain(Trainer(config, mesh)), mesh, devices
-
-
-def memory_report(compiled, config, mesh, devices) -> dict:
-    """Per-device bytes of a compiled step (XLA's memory analysis) and the largest batch that fits."""
+    compiled = compile_or_explain(Trainer(config, mesh))
     mem = compiled.memory_analysis()
     t = config.train
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -31,8 +31,9 @@ class Trainer:
         self.config, self.mesh = config, mesh
         self.model_cfg = ModelConfig.from_config(config.model)
         m = self.model_cfg
+        self.objective = objectives.get(config.train.objective)
         self.attention_kernel, self.attention_note = attention.startup_kernel(
-            m.attention, length=config.train.seq_len, head_dim=m.head_dim, dtype=m.dtype,
+            m.attention, length=self.attention_length(), head_dim=m.head_dim, dtype=m.dtype,
             platform=mesh.devices.flat[0].platform, block_size=m.attention_block)
         self.graphdef, abstract_params, self.param_names = model_lib.split_model(
             model_lib.abstract_model(self.model_cfg))
@@ -48,11 +49,17 @@ class Trainer:
                                          opt_state=abstract_opt)
         batch_sh = sharding.batch_sharding(mesh)
         rep = sharding.replicated(mesh)
-        self.objective = objectives.get(config.train.objective)
         self._steps = {}  # block size (None: the objective has none) -> the jitted step for it
         self._eval = jax.jit(
             lambda params, batch, index, draw, draws: eval_step(self.graphdef, config, params, batch, index, draw, draws),
             in_shardings=(param_sh, batch_sh, None, None), out_shardings=rep, static_argnums=4)
+
+    def attention_length(self) -> int:
+        """Columns the step's attention runs over: seq_len, or twice that when a block size below it puts the noisy
+        and clean rows side by side (block diffusion)."""
+        t = self.config.train
+        sizes = self.objective.block_sizes(t) if self.objective.block_sizes is not None else []
+        return 2 * t.seq_len if sizes and min(sizes) < t.seq_len else t.seq_len
 
     def block_size_at(self, step: int | None) -> int | None:
         """The block size step `step` (0-based) trains with; None for objectives without blocks. Without a step
