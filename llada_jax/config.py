@@ -27,6 +27,12 @@ OBJECTIVES = ("mdm", "sft", "ar", "block_diffusion")
 # Hugging Face architectures a model can be exported as (llada_jax/interop/formats.py); model.hf_format records
 # the one it was imported from ("" : LLaDA for a mask predictor, Llama for the AR baseline).
 HF_FORMATS = ("llada", "llama", "qwen2", "qwen3")
+# Objectives that train on SFT conversations (data.source=sft_jsonl) and on plain documents; the data's kind picks
+# pretraining or SFT for those that take both.
+CONVERSATION_OBJECTIVES = ("sft", "block_diffusion")
+DOCUMENT_OBJECTIVES = ("mdm", "ar", "block_diffusion")
+BLOCK_NOISE = ("block", "sequence")  # train.block_noise: one noise level per block (BD3-LM) or per sequence
+BLOCK_WEIGHTING = ("elbo", "mean")  # train.block_weighting: CE / p as LLaDA, or mean CE over masked tokens
 SCHEDULES = ("wsd", "cosine", "constant")
 
 
@@ -375,6 +381,53 @@ def validate_train(t, mc: ModelConfig) -> None:
         raise ConfigError(f"train.mask_eps={t.mask_eps} must be in (0, 1)")
     if not 0.0 <= t.random_length_fraction <= 1.0:
         raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
+    if t.objective == "block_diffusion":
+        validate_block_diffusion(t)
+
+
+def validate_block_diffusion(t) -> None:
+    """The block-diffusion fields: block sizes that tile the sequence, known noise and weighting, a noise range."""
+    for size in [t.get("block_size", 32)] + [s for s, _ in parse_block_schedule(t.get("block_schedule", ""))]:
+        if size <= 0 or (size < t.seq_len and t.seq_len % size):
+            raise ConfigError(f"block size {size} must be positive and divide train.seq_len={t.seq_len} (or be >= "
+                              "it: one block is LLaDA's full-sequence objective); set train.block_size / block_schedule")
+    if t.get("block_noise", "block") not in BLOCK_NOISE:
+        raise ConfigError(f"train.block_noise={t.block_noise!r} is unknown; use one of {BLOCK_NOISE}")
+    if t.get("block_weighting", "elbo") not in BLOCK_WEIGHTING:
+        raise ConfigError(f"train.block_weighting={t.block_weighting!r} is unknown; use one of {BLOCK_WEIGHTING}")
+    low, high = t.get("noise_low", 0.0), t.get("noise_high", 1.0)
+    if not 0.0 <= low <= high <= 1.0:
+        raise ConfigError(f"train.noise_low={low} and train.noise_high={high} must satisfy 0 <= low <= high <= 1")
+
+
+def parse_block_schedule(text: str) -> list[tuple[int, float]]:
+    """'1:0.05,4:0.05,32:0.9' -> [(1, 0.05), (4, 0.05), (32, 0.9)]: block sizes in order, each for a fraction of
+    train.steps (the fractions add up to 1). '' is no schedule (train.block_size throughout)."""
+    if not text.strip():
+        return []
+    phases = []
+    for item in text.split(","):
+        size, _, share = item.partition(":")
+        try:
+            phases.append((int(size), float(share)))
+        except ValueError:
+            raise ConfigError(f"train.block_schedule item {item.strip()!r} is not SIZE:FRACTION; write e.g. "
+                              "'1:0.05,4:0.05,32:0.1,4096:0.6,32:0.2'") from None
+    if any(share <= 0 for _, share in phases) or abs(sum(share for _, share in phases) - 1.0) > 1e-6:
+        raise ConfigError(f"train.block_schedule={text!r}: the fractions must be positive and add up to 1 "
+                          f"(they add up to {sum(share for _, share in phases):g})")
+    return phases
+
+
+def decode_block_size(config) -> int | None:
+    """The block size a model decodes and is scored with: None for a full-sequence model, and for one trained
+    with train.objective='block_diffusion' the block size its training ended at (the last entry of
+    train.block_schedule, else train.block_size). Reads a checkpoint's stored config as well as a live one."""
+    train = config.get("train") or {}
+    if train.get("objective") != "block_diffusion":
+        return None
+    entries = parse_block_schedule(train.get("block_schedule", "") or "")
+    return entries[-1][0] if entries else int(train.get("block_size", 32))
 
 
 def validate_checkpoint(c) -> None:
@@ -420,37 +473,6 @@ def validate_mesh(config, device_count: int) -> None:
             f"the micro-batch of {micro} sequences (train.global_batch_size / train.grad_accum_steps) does not "
             f"split over mesh {axes}={batch_shards} devices; make it a multiple of {batch_shards}"
         )
-
-
-# ---------------------------------------------------------------- block diffusion (issue 22's shared interface)
-
-def parse_block_schedule(text: str) -> list[tuple[int, float]]:
-    """train.block_schedule "size:fraction,size:fraction,..." as [(size, fraction)] in order ("" -> [])."""
-    entries = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        size, _, fraction = part.partition(":")
-        try:
-            entries.append((int(size), float(fraction)))
-        except ValueError:
-            raise ConfigError(f"train.block_schedule entry {part!r} is not size:fraction; write e.g. "
-                              "'1:0.05,4:0.05,32:0.9'") from None
-        if entries[-1][0] <= 0 or not 0.0 <= entries[-1][1] <= 1.0:
-            raise ConfigError(f"train.block_schedule entry {part!r} needs a positive size and a fraction in [0, 1]")
-    return entries
-
-
-def decode_block_size(config) -> int | None:
-    """The block size a model decodes and is scored with: None for a full-sequence model, and for one trained
-    with train.objective='block_diffusion' the block size its training ended at (the last entry of
-    train.block_schedule, else train.block_size). Reads a checkpoint's stored config as well as a live one."""
-    train = config.get("train") or {}
-    if train.get("objective") != "block_diffusion":
-        return None
-    entries = parse_block_schedule(train.get("block_schedule", "") or "")
-    size = entries[-1][0] if entries else int(train.get("block_size", 32))
-    if size <= 0:
-        raise ConfigError(f"train.block_size={size} must be positive")
-    return size
 
 
 # ---------------------------------------------------------------- the mesh section's arithmetic (no JAX needed)

@@ -188,3 +188,24 @@ def test_block_sampler_with_exact_cache_compiles_for_tpu_without_canvas_by_canva
     exact = compiled_for_tpu(tpu_devices, "splash", decoder("exact"))
     assert not re.search(canvas, exact) and re.search(r"f32\[[0-9,]*64,288\]", exact)  # previous + current block
     assert re.search(canvas, compiled_for_tpu(tpu_devices, "splash", decoder("none")))
+
+
+TWO_STREAM_SQUARE = r"(?:f32|bf16|pred)\[[0-9,]*256,256\]"  # [.., 2L, 2L] for L = 128
+
+
+@pytest.mark.parametrize("attention", ["splash", "xla"])
+def test_block_diffusion_step_compiles_for_tpu_with_splash_and_no_two_stream_square(tpu_devices, attention):
+    """The two-stream step (L = 128, block 32: 256 columns) on the v5p slice: the splash kernel with the block mask
+    and no [.., 2L, 2L] array anywhere; dense XLA attention does hold one (the check can fail)."""
+    import re
+
+    from helpers import small_config
+
+    config = small_config(*[o for o in OVERRIDES if not o.startswith("model.attention")],
+                          f"model.attention={attention}", "train.objective=block_diffusion", "train.block_size=32")
+    hlo = Trainer(config, sharding.make_mesh(config.mesh, tpu_devices)).compile_step().as_text()
+    if attention == "splash":
+        assert "tpu_custom_call" in hlo and "splash" in hlo
+        assert not re.search(TWO_STREAM_SQUARE, hlo)
+    else:
+        assert re.search(TWO_STREAM_SQUARE, hlo)

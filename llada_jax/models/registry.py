@@ -68,7 +68,8 @@ def apply(graphdef, params, tokens, positions=None, segment_ids=None, **cache_ar
 
 def apply_head(graphdef, params, tokens, positions=None, segment_ids=None, lengths=None, **window) -> HeadOutput:
     """Pure forward pass for training losses: a HeadOutput (hidden states + head) instead of [B, T, V] logits
-    (`window`: the family's cache and visibility arguments, for scorers)."""
+    (`window`: the family's cache, visibility and attention_pattern arguments: block diffusion's scorer
+    and training objective)."""
     return nnx.merge(graphdef, params).head(tokens, positions, segment_ids, lengths, **window)
 
 
