@@ -57,17 +57,18 @@ def block_loss(logits, targets, masked, p, normaliser, weighting: str = "elbo"):
     tokens, or its response length in SFT), summed over rows with weight = rows scored: LLaDA's bound, and exactly
     its pretraining/SFT loss with one block. mean: masked CE summed, weight = masked tokens (no 1/p; dFactory).
     """
-    ce, hits = token_scores(logits, targets)
     maskf = masked.astype(jnp.float32)
+    if weighting == "mean":
+        weights = maskf
+    else:
+        p_token = jnp.repeat(p, targets.shape[1] // p.shape[1], axis=1)  # each position's block probability
+        weights = maskf / p_token / jnp.maximum(normaliser.astype(jnp.float32), 1.0)[:, None]
+    total, (ce, hits) = weighted_ce(logits, targets, weights)
     aux = {"masked_correct": jnp.sum(hits.astype(jnp.float32) * maskf), "masked_tokens": jnp.sum(maskf),
            "masked_ce_sum": jnp.sum(ce * maskf)}
     if weighting == "mean":
-        return aux["masked_ce_sum"], aux["masked_tokens"], aux
-    b, length = targets.shape
-    per_block = jnp.sum((ce * maskf).reshape(b, p.shape[1], length // p.shape[1]), axis=-1)
-    normaliser = normaliser.astype(jnp.float32)
-    per_seq = jnp.sum(per_block / p, axis=-1) / jnp.maximum(normaliser, 1.0)
-    return jnp.sum(per_seq), jnp.sum((normaliser > 0).astype(jnp.float32)), aux
+        return total, aux["masked_tokens"], aux
+    return total, jnp.sum((normaliser > 0).astype(jnp.float32)), aux
 
 
 def ar_loss(logits, tokens, valid=None):
