@@ -8,8 +8,9 @@ independent uniform subset in each); this module scores them.
 
 One row costs two passes, the training objective's two streams: the clean sequence with block-causal
 attention gives every layer's keys/values, then the noisy sequence runs as a window against them, each noisy
-block seeing the clean blocks before it and its own noisy tokens (attention.py's visibility ranks: a noisy
-query of block b has rank 2b; a clean key of block c is visible from 2c + 1 on, a noisy one to 2c only).
+block seeing the clean blocks before it and its own noisy tokens (attention.py's visibility ranks, from
+block_mask.visibility_ranks: a noisy query of block b has rank 2b; a clean key of block c is visible from 2c + 1
+on, a noisy one to 2c only).
 Classifier-free guidance is not built for block-diffusion models.
 """
 from __future__ import annotations
@@ -19,16 +20,18 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from llada_jax.inference.block_sampling import CLEAN_TO
 from llada_jax.models import registry as model_lib
+from llada_jax.models.block_mask import CLEAN, NOISY, visibility_ranks
 from llada_jax.models.output_head import project
 from llada_jax.objectives import losses
 
 
 def two_stream_visibility(block):
-    """(noisy query ranks [R, T], key from / to [R, 2T] over [clean keys, noisy keys]) for column blocks `block`."""
-    return (2 * block, jnp.concatenate([2 * block + 1, 2 * block], axis=1),
-            jnp.concatenate([jnp.full_like(block, CLEAN_TO), 2 * block], axis=1))
+    """(noisy query ranks [R, T], key from / to [R, 2T] over [clean keys, noisy keys]) for column blocks `block`:
+    training's two-stream rule (block_mask.visibility_ranks) for the noisy stream's queries."""
+    q_rank, noisy_from, noisy_to = visibility_ranks(NOISY, block)
+    _, clean_from, clean_to = visibility_ranks(CLEAN, block)
+    return q_rank, jnp.concatenate([clean_from, noisy_from], axis=1), jnp.concatenate([clean_to, noisy_to], axis=1)
 
 
 def noisy_hidden(graphdef, params, seqs, noisy, segment_ids, block_size: int):
@@ -37,8 +40,8 @@ def noisy_hidden(graphdef, params, seqs, noisy, segment_ids, block_size: int):
     rows, total = seqs.shape
     positions = jnp.broadcast_to(jnp.arange(total), (rows, total))
     block = positions // block_size
-    far = jnp.full_like(block, CLEAN_TO)
-    _, clean = model_lib.apply_with_kv(graphdef, params, seqs, positions, segment_ids, visibility=(block, block, far))
+    _, clean = model_lib.apply_with_kv(graphdef, params, seqs, positions, segment_ids,
+                                       visibility=visibility_ranks(CLEAN, block))
     cache = jax.tree.map(lambda c: jnp.concatenate([c, jnp.zeros_like(c)], axis=2), clean)
     head, _ = model_lib.apply_with_kv(graphdef, params, noisy, positions, segment_ids, cache_kv=cache,
                                       cache_segment_ids=jnp.concatenate([segment_ids, segment_ids], axis=1),

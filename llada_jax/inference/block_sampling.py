@@ -37,10 +37,10 @@ import jax.numpy as jnp
 
 from llada_jax.inference import sampling_rules as rules
 from llada_jax.models import registry as model_lib
+from llada_jax.models.block_mask import CLEAN, visibility_ranks
 from llada_jax.models.output_head import project
 
 BLOCK_CACHES = ("exact", "none")
-CLEAN_TO = 2 ** 30  # a clean key's "to" rank: every later block sees it (attention.py's visibility ranks)
 
 
 class Layout(NamedTuple):
@@ -48,7 +48,7 @@ class Layout(NamedTuple):
     x: jax.Array             # [R, W] padding, prompt, masks
     positions: jax.Array     # [R, W] RoPE positions, 0 at each prompt's first token (0 on padding)
     segment_ids: jax.Array   # [R, W] 1 on the row's tokens, 0 on its left padding
-    rank: jax.Array          # [R, W] block index of each column
+    rank: jax.Array          # [R, W] block index of each column (visibility_ranks turns it into ranks)
     answer_start: jax.Array  # [R] column of each row's first answer position
 
 
@@ -75,10 +75,12 @@ def layout(prompt, prompt_valid, *, block_size: int, gen_length: int, mask_id: i
 
 def block_causal(lay: Layout, start, width: int, keys: slice | None = None):
     """Visibility ranks (query rank, key from, key to) for columns start..start+width-1 attending to the
-    canvas's columns `keys` (all of them by default) block-causally."""
+    canvas's columns `keys` (all of them by default) block-causally: every column a clean one of its block
+    (block_mask.visibility_ranks), so the block being decoded sees the finished blocks and itself."""
+    q_rank, k_from, k_to = visibility_ranks(CLEAN, lay.rank)
     cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, width, axis=1)  # noqa: E731
-    key_rank = lay.rank if keys is None else lay.rank[:, keys]
-    return cut(lay.rank), key_rank, jnp.full_like(key_rank, CLEAN_TO)
+    pick = (lambda a: a) if keys is None else (lambda a: a[:, keys])  # noqa: E731
+    return cut(q_rank), pick(k_from), pick(k_to)
 
 
 def prefill(graphdef, params, lay: Layout, *, block_size: int, first: int):

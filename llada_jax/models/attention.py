@@ -20,15 +20,17 @@ multiple of 128) falls back to blockwise; `unmet_requirement` is the one table o
 Masking rule everywhere: query i sees key j iff their segment ids are equal (and j <= i + kv_len - q_len when
 causal). Segment 0 is padding; padding rows attend among themselves, so no row is ever empty.
 
-Block diffusion restricts attention further (a noisy block sees its own noisy block and the clean blocks before
-it, a clean block the clean blocks up to itself), given to the kernels in one of two forms:
+Block diffusion restricts attention further by one rule, block_mask.may_attend (a noisy block sees its own noisy
+block and the clean blocks before it, a clean block the clean blocks up to itself), given to the kernels in one
+of two forms, each used where the other cannot serve:
 - `pattern` (block_mask.BlockPattern: static and hashable, part of what jit compiles) is training's two-stream
   layout, noisy and clean copies of a row side by side in 2L columns. Known at trace time, it lets the kernels
   skip work: splash evaluates it as a computable mask and skips empty tiles, and blockwise becomes
   tiled_attention.py's kernel, which visits only the active tiles (xla and cudnn apply it as a dense mask). It
   is a function of column indices, with the queries the last T of the S columns.
 - visibility ranks ride in the segment ids: queries as a pair (ids, rank) and keys as a triple (ids, from, to),
-  int [B, T] / [B, S]; query i then also needs from[j] <= rank[i] <= to[j]. They serve decoding and scoring (inference/block_sampling.py,
+  int [B, T] / [B, S]; query i then also needs from[j] <= rank[i] <= to[j] (block_mask.visibility_ranks turns a
+  column's stream and block into these numbers). They serve decoding and scoring (inference/block_sampling.py,
   block_likelihood.py), whose passes are windows at a traced column of a KV cache: a static column pattern
   cannot place them, arrays can. Being data, they let no kernel skip tiles: the xla and blockwise kernels take
   them (cuDNN through its dense-mask path); splash runs blockwise.
@@ -40,7 +42,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from llada_jax.models import tiled_attention
+from llada_jax.models import block_mask, tiled_attention
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "blockwise")
 _NEG = -1e30  # finite "minus infinity": exp(_NEG - m) underflows to 0 without inf - inf = nan
@@ -161,8 +163,8 @@ def _visible(q_seg, kv_seg):
     if not isinstance(q_seg, tuple):
         return q_seg[:, :, None] == kv_seg[:, None, :]
     (q_ids, rank), (kv_ids, lo, hi) = q_seg, kv_seg
-    rank = rank[:, :, None]
-    return (q_ids[:, :, None] == kv_ids[:, None, :]) & (lo[:, None, :] <= rank) & (rank <= hi[:, None, :])
+    same = q_ids[:, :, None] == kv_ids[:, None, :]
+    return same & block_mask.rank_visible(rank[:, :, None], lo[:, None, :], hi[:, None, :])
 
 
 def _length(seg) -> int:

@@ -7,14 +7,23 @@ with positions 0..L-1); with b(.) the block of a position:
 - noisy query -> clean key: strictly earlier block (... given the clean blocks before it),
 - clean query -> clean key: same or earlier block (block-causal, which builds those clean keys),
 - clean query -> noisy key: never.
-Keys of another document (segment id) are never seen. Decoding uses the same rule with one stream: finished
-blocks and the prompt are clean, the current block is noisy, so "the current block sees the clean blocks before it
-and itself" is `may_attend` with those streams.
+Keys of another document (segment id) are never seen. Decoding and scoring use the same rule: the prompt and
+finished blocks are clean keys and the block being decoded sees them and itself. A decoder can run its whole
+canvas as one clean block-causal stream: the current block then sees exactly what its noisy copy sees in training,
+and its queries are the only ones it reads (tests/test_block_diffusion.py checks the logits agree).
 
-`may_attend` works on NumPy and JAX arrays alike (operators only), so the tests check it against a NumPy
-transcription of the rule, the dense kernels evaluate it on index grids, and the splash kernel evaluates it
-inside its tiles. `BlockPattern` is the static layout a model's attention receives; `active_tiles` is its
-block-sparse summary, the tiles any kernel may skip.
+The rule is held as intervals of ranks, so every user derives from one definition: a column of stream s in block
+b has rank r = 2b + s (noisy 0, clean 1); a key is visible from rank r on, to rank r if noisy (its own noisy
+block only) and to every later rank if clean; a query sees a key iff from <= rank <= to (`visibility_ranks`,
+`rank_visible`). `may_attend` is that comparison, checked by the tests against a pair-by-pair NumPy transcription
+of the four lines above.
+
+Two consumers, two forms (models/attention.py says why each is needed):
+- `BlockPattern`, the static layout of training's two-stream step: a function of column indices known at trace
+  time, so the splash and tiled kernels skip the tiles it leaves empty (`active_tiles`, `allowed_pairs`).
+- the ranks as arrays (`visibility_ranks` of each column's stream and block), passed beside the segment ids by
+  the block sampler and the block-diffusion scorer, whose passes are windows at traced columns of a KV cache.
+Both work on NumPy and JAX arrays alike (operators only).
 """
 from __future__ import annotations
 
@@ -23,15 +32,26 @@ import dataclasses
 import numpy as np
 
 NOISY, CLEAN = 0, 1  # stream ids
+CLEAN_TO = 2 ** 30  # a clean key's "to" rank: visible to every later rank (fits int32)
+
+
+def visibility_ranks(stream, block):
+    """(query rank, key from, key to) of columns in `stream` (NOISY / CLEAN, 0 / 1) and `block`: query rank 2b + s;
+    a key visible from that rank on, to itself if noisy and to CLEAN_TO if clean."""
+    rank = 2 * block + stream
+    return rank, rank, rank + stream * (CLEAN_TO - rank)
+
+
+def rank_visible(q_rank, k_from, k_to):
+    """Whether a query of rank q_rank sees a key visible on [k_from, k_to] (broadcasting)."""
+    return (k_from <= q_rank) & (q_rank <= k_to)
 
 
 def may_attend(q_stream, q_pos, k_stream, k_pos, block_size: int, q_segment=None, k_segment=None):
     """Whether a query (stream, position[, segment]) may see a key; arguments broadcast against each other."""
-    bq, bk = q_pos // block_size, k_pos // block_size
-    q_noisy, k_noisy = q_stream == NOISY, k_stream == NOISY
-    q_clean, k_clean = q_stream == CLEAN, k_stream == CLEAN
-    allowed = ((q_noisy & k_noisy & (bq == bk)) | (q_noisy & k_clean & (bk < bq))
-               | (q_clean & k_clean & (bk <= bq)))
+    q_rank, _, _ = visibility_ranks(q_stream, q_pos // block_size)
+    _, k_from, k_to = visibility_ranks(k_stream, k_pos // block_size)
+    allowed = rank_visible(q_rank, k_from, k_to)
     if q_segment is not None:
         allowed = allowed & (q_segment == k_segment)
     return allowed
