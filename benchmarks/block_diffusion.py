@@ -16,7 +16,8 @@ attention pairs the mask allows). Also the splash tiles the block mask keeps.
 quality: trains the demo's model (configs/demo.py) on a generated task through the real training loop, at equal
 steps, with LLaDA's full-sequence SFT objective and with block diffusion at each --blocks size, then answers the
 held-out problems (the SFT model with LLaDA's sampler over one block, one token per step; the block-diffusion model
-block by block, one token per step, inference/block_recompute.py) and prints exact-match accuracy, eval loss and
+block by block, one token per step, with the block sampler `llada-jax sample` uses: inference/block_sampling.py,
+exact cache) and prints exact-match accuracy, eval loss and
 wall time per run. --ar-init first trains the same architecture autoregressively on the task (train.objective=ar,
 model.causal=True, the problems as plain documents) and starts every block-diffusion run from those params as they
 are (LLaDA2's AR-to-diffusion recipe at toy scale); its rows are added next to the ones from scratch.
@@ -38,14 +39,7 @@ def aot_row(name, config, devices):
     from llada_jax.training import preflight
 
     started = time.perf_counter()
-    kept = []
-    compile_step = preflight.compile_or_explain  # analyse compiles once; keep the executable for its HLO and FLOPs
-    preflight.compile_or_explain = lambda trainer: kept.append(compile_step(trainer)) or kept[-1]
-    try:
-        report = preflight.analyse(config, devices)
-    finally:
-        preflight.compile_or_explain = compile_step
-    compiled = kept[-1]
+    report, compiled = preflight.analyse_compiled(config, devices)  # the executable too, for its HLO and FLOPs
     hlo = compiled.as_text()
     t = config.train
     columns = 2 * t.seq_len if t.objective == "block_diffusion" and t.block_size < t.seq_len else t.seq_len

@@ -127,3 +127,30 @@ def test_preflight_compiles_the_costliest_step_of_a_curriculum():
     trainer = Trainer(config, sharding.make_mesh(config.mesh))
     trainer.compile_step()
     assert trainer.has_compiled(2) and not trainer.has_compiled(16)  # two streams: the costlier of the two steps
+
+
+def test_a_trained_run_samples_and_scores_through_the_cli(tmp_path, capsys):
+    """A run of the two-stream objective (a curriculum 8 -> 4) is a checkpoint `llada-jax sample` and `score` take
+    as it is: both read the block size training ended at (4) from its stored config, sample decodes with the block
+    sampler (the exact cache's text equals recomputing every column) and score uses the block-diffusion ELBO."""
+    import math
+
+    from llada_jax.cli import main
+
+    run = tmp_path / "run"
+    loop.run(small_config(*BD, *QUIET, "train.steps=2", "train.block_schedule=8:0.5,4:0.5"), run, quiet=True)
+    capsys.readouterr()
+    texts = {}
+    for cache in ("exact", "none"):
+        assert main(["sample", f"--checkpoint={run}", "--prompt=sort 531=", "--prompt=ab", "--gen-length=6",
+                     "--steps=6", f"--cache={cache}"]) == 0
+        out, err = capsys.readouterr()
+        assert "block-diffusion model: decoding block by block (block 4)" in err
+        texts[cache] = [line for line in out.splitlines() if "forward passes" not in line]
+    assert texts["exact"] == texts["none"] and len(texts["exact"]) == 4
+    (tmp_path / "items.jsonl").write_text(json.dumps({"prompt": "sort 31=", "answer": "13"}) + "\n")
+    assert main(["score", f"--checkpoint={run}", f"--input={tmp_path / 'items.jsonl'}", "--mc-num=4",
+                 "--batch-size=4"]) == 0
+    out, err = capsys.readouterr()
+    assert "block-diffusion ELBO with block 4" in err
+    assert math.isfinite(json.loads(out.splitlines()[0])["log_likelihood"][0])

@@ -51,10 +51,12 @@ def run(args, overrides) -> int:
     model = InferenceModel(os.path.join(os.path.abspath(args.workdir), "params"), mesh=sharding.make_mesh(config.mesh))
     model.load(param_dtype=None)  # the trained float32 params, as the training run evaluated them
     t = model.config.train
-    blocks = t.objective == "block_diffusion" and t.block_size < t.seq_len  # else one block: the LLaDA sampler
+    # a block-diffusion model decodes as `llada-jax sample` does, block by block (model.block_size); a block of the
+    # whole row is LLaDA's sampler
+    block = model.block_size if model.block_size is not None and model.block_size < t.seq_len else None
     with progress.timed(f"demo: answering the {len(test)} held-out problems with the reverse process"
-                        + (f" in blocks of {t.block_size}" if blocks else "") + " (compiling the sampler first)"):
+                        + (f" in blocks of {block}" if block else "") + " (compiling the sampler first)"):
         predictions = demo.solve(model.graphdef, model.params, model.mesh, model.vocab, [e.prompt for e in test],
-                                 seq_len=t.seq_len, mask_id=model.mask_id, block_size=t.block_size if blocks else None)
+                                 seq_len=t.seq_len, mask_id=model.mask_id, block_size=block)
     print("\n".join(demo.report(test, predictions, args.show, demo.prompt_blind_accuracy(train, test))))
     return 0

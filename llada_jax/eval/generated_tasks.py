@@ -46,40 +46,24 @@ def gen_length_for(seq_len: int, longest_prompt: int, block: int = 4) -> int:
 
 def solve(graphdef, params, mesh, vocab, prompts: list[str], *, seq_len: int, mask_id: int, seed: int = 0,
           block_size: int | None = None, **sampler) -> list[str]:
-    """Greedy low-confidence decoding (one token per step) of every prompt; the text up to the first EOS. With a
-    `block_size` (a block-diffusion model) blocks are decoded in order with the block-causal layout it trained
-    with, each prompt from column 0, over the rest of the row (seq_len minus the prompt)."""
+    """Greedy low-confidence decoding (one token per step) of every prompt over the rest of the row (seq_len minus
+    the longest prompt); the text up to the first EOS. The decoder is `llada-jax sample`'s: LLaDA's over one
+    block, or, with a `block_size` (a block-diffusion model), block by block with an exact cache of finished
+    blocks (inference/block_sampling.py), whose answer need not fill whole blocks."""
     import jax
 
     from llada_jax.inference import sampling
 
     encoded = [vocab.encode(p) for p in prompts]
-    if block_size is not None:
-        return solve_in_blocks(graphdef, params, mesh, vocab, encoded, seq_len=seq_len, mask_id=mask_id, seed=seed,
-                               block_size=block_size, **sampler)
-    gen_length = gen_length_for(seq_len, max(len(e) for e in encoded))
+    gen_length = gen_length_for(seq_len, max(len(e) for e in encoded), block=1 if block_size else 4)
+    blocks = {"block_length": block_size, "block_diffusion": True} if block_size else {"block_length": gen_length}
+    settings = {"steps": gen_length, **blocks, **sampler}
     ids, valid = sampling.left_pad(encoded, vocab.pad_id)
-    settings = {"steps": gen_length, "block_length": gen_length, **sampler}
     with jax.set_mesh(mesh):
         out, _, _ = sampling.generate(graphdef, params, ids, valid, jax.random.key(seed), gen_length=gen_length,
                                       mask_id=mask_id, eos_id=vocab.eos_id, **settings)
     rows = jax.device_get(out)[:, ids.shape[1]:]
     return [vocab.decode(sampling.crop_at_eos(row, vocab.eos_id)) for row in rows]
-
-
-def solve_in_blocks(graphdef, params, mesh, vocab, encoded: list[list[int]], *, seq_len: int, mask_id: int,
-                    seed: int, block_size: int, **sampler) -> list[str]:
-    """solve() for a block-diffusion model (inference/block_recompute.py)."""
-    import jax
-
-    from llada_jax.inference import block_recompute
-
-    gen_length = gen_length_for(seq_len, max(len(e) for e in encoded), block=1)
-    with jax.set_mesh(mesh):
-        out, region, _ = block_recompute.generate(graphdef, params, encoded, jax.random.key(seed),
-                                                  gen_length=gen_length, block_size=block_size, mask_id=mask_id,
-                                                  pad_id=vocab.pad_id, **sampler)
-    return [vocab.decode(ids) for ids in block_recompute.answers(out, region, vocab.eos_id)]
 
 
 def prompt_blind_accuracy(train, test) -> float:
