@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from llada_jax.inference import block_sampling
 from llada_jax.inference.sampling_cache import CACHES, guided_logits, window_logits, window_start, window_width
-from llada_jax.inference.sampling_rules import reveal_columns, transfer_schedule
+from llada_jax.inference.sampling_rules import check_rule, reveal_columns, transfer_schedule
 
 BLOCK_CACHE_NAMES = ("auto", "exact")  # auto: exact for a block-diffusion model, none otherwise
 
@@ -59,16 +59,11 @@ def check_options(remasking: str, temperature: float, cfg_scale: float, threshol
     """One ConfigError sentence for an option the decoder cannot honour."""
     from llada_jax.config import ConfigError
 
-    if remasking not in ("low_confidence", "random"):
-        raise ConfigError(f"remasking={remasking!r} is unknown; use 'low_confidence' or 'random'")
-    if temperature < 0 or cfg_scale < 0:
-        raise ConfigError(f"temperature={temperature} and cfg_scale={cfg_scale} must be >= 0")
+    check_rule(remasking, temperature, threshold, factor)
+    if cfg_scale < 0:
+        raise ConfigError(f"cfg_scale={cfg_scale} must be >= 0")
     if cache not in CACHES + BLOCK_CACHE_NAMES:
         raise ConfigError(f"cache={cache!r} is unknown; use one of {', '.join(CACHES + BLOCK_CACHE_NAMES)}")
-    if threshold is not None and factor is not None:
-        raise ConfigError("threshold and factor are two parallel-decoding rules; give one of them")
-    if factor is not None and factor <= 0:
-        raise ConfigError(f"factor={factor} must be positive (Fast-dLLM uses about 1)")
 
 
 def resolve_cache(cache: str, block_diffusion: bool) -> str:
