@@ -83,9 +83,14 @@ def ar_model_fields(hf: dict) -> dict:
             "mask_token_id": hf.get("mask_token_id", vocab - 1)}
 
 
-def model_fields(hf: dict) -> dict:
-    """Our config.model fields from a Llama config.json."""
+def refuse_output_bias(hf: dict) -> None:
+    """One sentence for attention_bias=true (Llama's and Qwen3's flag also biases the output projection)."""
     if hf.get("attention_bias"):
         raise ConfigError("config.json has attention_bias=true (a bias on the output projection too); llada_jax's "
                           "model has q/k/v biases only, so this checkpoint cannot be imported")
+
+
+def model_fields(hf: dict) -> dict:
+    """Our config.model fields from a Llama config.json."""
+    refuse_output_bias(hf)
     return ar_model_fields(hf)

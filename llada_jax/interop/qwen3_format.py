@@ -3,7 +3,7 @@ q and k before RoPE (`model.layers.{i}.self_attn.q_norm.weight`, `k_norm`), and 
 hidden_size / heads. An AR checkpoint to start a diffusion run from."""
 from __future__ import annotations
 
-from llada_jax.config import ConfigError, ModelConfig
+from llada_jax.config import ModelConfig
 from llada_jax.interop import llama_format
 
 NAME = "qwen3"
@@ -27,7 +27,5 @@ def hf_config(m: ModelConfig, torch_dtype: str) -> dict:
 
 def model_fields(hf: dict) -> dict:
     """Our config.model fields from a Qwen3 config.json."""
-    if hf.get("attention_bias"):
-        raise ConfigError("config.json has attention_bias=true (a bias on the output projection too); llada_jax's "
-                          "model has q/k/v biases only, so this checkpoint cannot be imported")
+    llama_format.refuse_output_bias(hf)
     return dict(llama_format.ar_model_fields(hf), qk_norm=True)
