@@ -62,7 +62,8 @@ class BlockPattern:
     """A sequence's static attention layout for block diffusion (hashable: it is part of what jit compiles).
 
     `noisy_length` L > 0: columns 0..L-1 are the noisy stream and L..2L-1 the clean one (training); 0: one clean
-    stream, block-causal (a decoder recomputing the whole sequence, whose current block is the last one it shows).
+    stream, block-causal: what the block sampler's visibility ranks express for a whole canvas (its passes use
+    the ranks, since they are windows against a cache; the tests check the two give the same logits).
     Positions are the column within its stream, so the kernels derive everything from column indices.
     """
 
