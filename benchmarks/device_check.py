@@ -14,7 +14,9 @@ Rows (random weights throughout; compilation is timed apart from the steady stat
 - moe_step       configs/llada2_mini.py's layers (3 of 20: the dense one and two with 256 experts, top 8) at 2 x 4096
                  tokens per device: tokens/s, MFU of the active parameters, peak memory, grouped-matmul kernel,
                  worst layer's max/mean expert load
-- block_diffusion_step: the block-diffusion train step, once that objective exists
+- block_diffusion_step  configs/llada_1b.py's block-diffusion train step (block 32, two streams of 4096 per row, 2 rows
+                 per device) with the platform's kernel (GPU: cuDNN with a dense two-stream mask) and with the tiled
+                 blockwise kernel that skips empty tiles: tokens/s, MFU (the objective's FLOPs), peak memory
 A row that crashes is marked FAILED with its one-line cause and makes the exit code 1; a row the time budget
 leaves no room for is marked SKIPPED (budget); nothing is left out silently. `--smoke` runs every row at toy
 shapes (CPU: under a minute), which tests/test_benchmarks.py does.
@@ -65,6 +67,7 @@ class Scale:
     moe_rows: int = 2
 
 
+BLOCK = {"full": 32, "smoke": 8}  # block_diffusion_step's block size
 FULL = Scale("configs/llada_1b.py", ("train.seq_len=4096",), 4, "configs/llada_8b.py", ("model.n_layers=6",), 2, 5,
              dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128,
                   mlp_hidden=12288, max_seq_len=4096), 256, 256, 32, (1, 8), 32, 128)
@@ -103,7 +106,7 @@ def measure_step(config, mesh, steps: int) -> dict:
 
     from llada_jax import sharding
     from llada_jax.config import ModelConfig
-    from llada_jax.models import flops
+    from llada_jax.objectives import registry as objectives
     from llada_jax.training.trainer import Trainer
     from llada_jax.utils import chips
 
@@ -123,7 +126,9 @@ def measure_step(config, mesh, steps: int) -> dict:
     loss = float(metrics["loss"])
     del state, batch
     n_tokens = t.global_batch_size * t.seq_len
-    model_flops = flops.flops_per_token(ModelConfig.from_config(config.model), t.seq_len) * n_tokens
+    fpt = objectives.get(t.objective).flops_per_token(ModelConfig.from_config(config.model), t.seq_len,
+                                                      t.get("block_size", 32))
+    model_flops = fpt * n_tokens
     peak = chips.peak_tflops(jax.devices()[0].device_kind)
     router = {"worst_load": float(metrics["moe_worst_load"])} if "moe_worst_load" in metrics else {}
     return {"tokens_per_s": n_tokens / step_s, "step_s": step_s, "compile_s": compile_s,
@@ -265,10 +270,19 @@ def row_moe_step(scale: Scale) -> dict:
     return {**measure_step(config, mesh, scale.steps), "grouped_matmul": cfg.moe.kernel}
 
 
-def row_not_built(objective: str, issue: int):
-    def row(scale: Scale):
-        raise Skipped(f"the {objective} train step does not exist yet (issue {issue})")
-    return row
+def row_block_diffusion(scale: Scale) -> dict:
+    """The 1B block-diffusion step with the platform's kernel (auto) and with the tiled blockwise kernel."""
+    block = BLOCK["smoke" if scale is SMOKE else "full"]
+    out = {}
+    for kernel in ("auto", "blockwise"):
+        overrides = scale.train_overrides + ("train.objective=block_diffusion", f"train.block_size={block}",
+                                             f"model.attention={kernel}")
+        config, mesh = train_setup(scale.train_config, overrides, max(1, scale.train_rows // 2))
+        result = measure_step(config, mesh, scale.steps)
+        out[f"{kernel} ({result['kernel']})"] = {k: result[k] for k in ("tokens_per_s", "mfu", "peak_gib",
+                                                                        "compile_s", "rows_per_device")}
+        gc.collect()
+    return out
 
 
 ROWS = {
@@ -278,7 +292,7 @@ ROWS = {
     "sampler_8b": row_sampler_8b,
     "scoring": row_scoring,
     "moe_step": row_moe_step,
-    "block_diffusion_step": row_not_built("block-diffusion", 22),
+    "block_diffusion_step": row_block_diffusion,
 }
 
 

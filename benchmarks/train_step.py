@@ -3,7 +3,8 @@
     python benchmarks/train_step.py --config=configs/tiny.py [--steps=10] [--peak-tflops=989] [--profile=DIR]
         [--config.X=Y ...]
 
-Prints params, FLOPs/token (6N + 12 * layers * seq * d_attn, see llada_jax/models/flops.py), compile time, mean
+Prints params, FLOPs/token (the objective's count: 6N + 12 * layers * seq * d_attn for MDM, see
+llada_jax/models/flops.py; block diffusion counts its two streams, objectives/block_diffusion.py), compile time, mean
 step time, tokens/s and MFU against the peak bf16 TFLOP/s of the device (known for TPU v4/v5e/v5p/v6e, H100,
 H200; give --peak-tflops elsewhere, e.g. for a CPU), then peak device memory and bytes per token: the
 runtime's peak where the device reports one (GPU, TPU), else XLA's compiled estimate (CPU). `--profile=DIR`
@@ -21,6 +22,7 @@ import numpy as np  # noqa: E402
 from llada_jax import sharding  # noqa: E402
 from llada_jax.config import ModelConfig, load_config, validate  # noqa: E402
 from llada_jax.models import flops  # noqa: E402
+from llada_jax.objectives import registry as objectives  # noqa: E402
 from llada_jax.training.trainer import Trainer  # noqa: E402
 from llada_jax.utils import chips  # noqa: E402
 
@@ -64,7 +66,7 @@ def main():
     tokens_per_device = t.global_batch_size * t.seq_len / jax.device_count()
 
     counts = flops.param_counts(mcfg)
-    fpt = flops.flops_per_token(mcfg, t.seq_len)
+    fpt = objectives.get(t.objective).flops_per_token(mcfg, t.seq_len, t.get("block_size", 32))
     tokens = t.global_batch_size * t.seq_len
     achieved = fpt * tokens / step_s
     kind = jax.devices()[0].device_kind
@@ -74,7 +76,7 @@ def main():
         ("device", f"{jax.device_count()} x {kind}"),
         ("mesh", str(dict(mesh.shape))),
         ("params (total / non-embedding)", f"{counts['total'] / 1e6:,.2f}M / {counts['non_embedding'] / 1e6:,.2f}M"),
-        ("FLOPs/token (6N + 12*L*T*d_attn)", f"{fpt:.4g}"),
+        (f"FLOPs/token ({t.objective}'s count)", f"{fpt:.4g}"),
         ("tokens/step", f"{tokens:,}"),
         ("compile + first step", f"{compile_s:.2f} s"),
         ("step time", f"{step_s * 1e3:.1f} ms"),

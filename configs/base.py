@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.qkv_bias = False
     c.model.rotary_dim = 0
     c.model.tie_embeddings = False
+    # The Hugging Face architecture the weights were imported from (llama | qwen2 | qwen3; set by `convert
+    # from-hf`): `convert to-hf` writes that architecture's names back. "": LLaDA format (Llama for causal=True).
+    c.model.hf_format = ""
     c.model.max_seq_len = 4096
     c.model.rope_theta = 500000.0
     c.model.rms_norm_eps = 1e-5
@@ -90,7 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.distributed.heartbeat_timeout_s = 60
 
     c.train = ml_collections.ConfigDict()
-    c.train.objective = "mdm"  # mdm (masked diffusion pretraining) | ar (next-token baseline)
+    # mdm (masked diffusion pretraining) | sft | ar (next-token baseline) | block_diffusion (BD3-LM / LLaDA2: blocks
+    # denoised given the clean blocks before them; pretraining on documents, SFT on conversations)
+    c.train.objective = "mdm"
     c.train.steps = 1000
     c.train.global_batch_size = 8  # sequences per optimizer step, over all processes
     c.train.grad_accum_steps = 1  # micro-batches per step; global_batch_size must divide evenly
@@ -104,6 +109,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.eval_draws = 1  # noise draws per eval batch in the final eval (more draws: smaller standard error)
     c.train.max_nonfinite_in_a_row = 10  # skipped (non-finite) updates tolerated in a row before halting
     c.train.init_from = ""  # params checkpoint to start from (fresh optimizer, step 0), e.g. for SFT
+    # Block diffusion (train.objective=block_diffusion). Block b(i) = i // block_size of each row; a block size
+    # >= seq_len is LLaDA's full-sequence objective. Eval, sample and score use the size training ends at
+    # (config.decode_block_size: the schedule's last entry, else block_size).
+    c.train.block_size = 32
+    # A curriculum over steps, "SIZE:FRACTION,..." in order (fractions of train.steps, adding up to 1); "" keeps
+    # block_size. LLaDA2.0's warmup-stable-decay shape: "1:0.05,4:0.05,32:0.05,64:0.05,4096:0.5,2048:0.1,...,32:0.1"
+    c.train.block_schedule = ""
+    c.train.block_noise = "block"  # block: a noise level per block (BD3-LM) | sequence: one per row
+    # elbo: CE / p normalised like LLaDA (the bound) | mean: mean CE over the masked tokens, no 1/p (dFactory's SFT)
+    c.train.block_weighting = "elbo"
+    # t ~ U(noise_low, noise_high), p = (1 - mask_eps) t + mask_eps (dFactory's SFT: 0.3, 0.8 with mask_eps ~ 0)
+    c.train.noise_low = 0.0
+    c.train.noise_high = 1.0
+    # Each example twice, with complementary masks (a token masked in one copy is clean in the other), so every
+    # maskable token is supervised once per step (LLaDA2's SFT); doubles the rows of the forward pass.
+    c.train.complementary_masks = False
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000  # 0: never by step count

@@ -28,6 +28,7 @@ def get_config():
     c.train.steps = 600
     c.train.global_batch_size = 64
     c.train.seq_len = 16  # "sort 5391=" + "1359" + EOS padding (3-digit addition fits too: "999+999=1998")
+    c.train.block_size = 4  # with `llada-jax demo --objective=block_diffusion`: blocks of 4 of the 16 positions
     c.train.log_every = 50
     c.train.eval_every = 0  # the eval loss once, at the end
     c.checkpoint.every_steps = 200

@@ -23,7 +23,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Names the registries answer to (llada_jax/models/registry.py, llada_jax/objectives/registry.py); listed here
 # so a typo is caught before JAX loads. A test keeps them equal to the registries' keys.
 MODEL_FAMILIES = ("llada", "llada_moe", "llada2_moe")
-OBJECTIVES = ("mdm", "sft", "ar")
+OBJECTIVES = ("mdm", "sft", "ar", "block_diffusion")
+# Hugging Face architectures a model can be exported as (llada_jax/interop/formats.py); model.hf_format records
+# the one it was imported from ("" : LLaDA for a mask predictor, Llama for the AR baseline).
+HF_FORMATS = ("llada", "llama", "qwen2", "qwen3")
+# Objectives that train on SFT conversations (data.source=sft_jsonl) and on plain documents; the data's kind picks
+# pretraining or SFT for those that take both.
+CONVERSATION_OBJECTIVES = ("sft", "block_diffusion")
+DOCUMENT_OBJECTIVES = ("mdm", "ar", "block_diffusion")
+BLOCK_NOISE = ("block", "sequence")  # train.block_noise: one noise level per block (BD3-LM) or per sequence
+BLOCK_WEIGHTING = ("elbo", "mean")  # train.block_weighting: CE / p as LLaDA, or mean CE over masked tokens
 SCHEDULES = ("wsd", "cosine", "constant")
 
 
@@ -84,6 +93,7 @@ class ModelConfig:
     qkv_bias: bool = False
     rotary_dim: int = 0
     tie_embeddings: bool = False
+    hf_format: str = ""
     max_seq_len: int = 4096
     rope_theta: float = 500000.0
     rms_norm_eps: float = 1e-5
@@ -262,6 +272,8 @@ def validate_model(m) -> ModelConfig:
     mc = ModelConfig.from_config(m)
     if mc.family not in MODEL_FAMILIES:
         raise ConfigError(f"model.family={mc.family!r} is unknown; use one of {MODEL_FAMILIES}")
+    if mc.hf_format and mc.hf_format not in HF_FORMATS:
+        raise ConfigError(f"model.hf_format={mc.hf_format!r} is unknown; use '' or one of {HF_FORMATS}")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
         if getattr(mc, name) <= 0:
             raise ConfigError(f"model.{name}={getattr(mc, name)} must be positive")
@@ -369,6 +381,53 @@ def validate_train(t, mc: ModelConfig) -> None:
         raise ConfigError(f"train.mask_eps={t.mask_eps} must be in (0, 1)")
     if not 0.0 <= t.random_length_fraction <= 1.0:
         raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
+    if t.objective == "block_diffusion":
+        validate_block_diffusion(t)
+
+
+def validate_block_diffusion(t) -> None:
+    """The block-diffusion fields: block sizes that tile the sequence, known noise and weighting, a noise range."""
+    for size in [t.get("block_size", 32)] + [s for s, _ in parse_block_schedule(t.get("block_schedule", ""))]:
+        if size <= 0 or (size < t.seq_len and t.seq_len % size):
+            raise ConfigError(f"block size {size} must be positive and divide train.seq_len={t.seq_len} (or be >= "
+                              "it: one block is LLaDA's full-sequence objective); set train.block_size / block_schedule")
+    if t.get("block_noise", "block") not in BLOCK_NOISE:
+        raise ConfigError(f"train.block_noise={t.block_noise!r} is unknown; use one of {BLOCK_NOISE}")
+    if t.get("block_weighting", "elbo") not in BLOCK_WEIGHTING:
+        raise ConfigError(f"train.block_weighting={t.block_weighting!r} is unknown; use one of {BLOCK_WEIGHTING}")
+    low, high = t.get("noise_low", 0.0), t.get("noise_high", 1.0)
+    if not 0.0 <= low <= high <= 1.0:
+        raise ConfigError(f"train.noise_low={low} and train.noise_high={high} must satisfy 0 <= low <= high <= 1")
+
+
+def parse_block_schedule(text: str) -> list[tuple[int, float]]:
+    """'1:0.05,4:0.05,32:0.9' -> [(1, 0.05), (4, 0.05), (32, 0.9)]: block sizes in order, each for a fraction of
+    train.steps (the fractions add up to 1). '' is no schedule (train.block_size throughout)."""
+    if not text.strip():
+        return []
+    phases = []
+    for item in text.split(","):
+        size, _, share = item.partition(":")
+        try:
+            phases.append((int(size), float(share)))
+        except ValueError:
+            raise ConfigError(f"train.block_schedule item {item.strip()!r} is not SIZE:FRACTION; write e.g. "
+                              "'1:0.05,4:0.05,32:0.1,4096:0.6,32:0.2'") from None
+    if any(share <= 0 for _, share in phases) or abs(sum(share for _, share in phases) - 1.0) > 1e-6:
+        raise ConfigError(f"train.block_schedule={text!r}: the fractions must be positive and add up to 1 "
+                          f"(they add up to {sum(share for _, share in phases):g})")
+    return phases
+
+
+def decode_block_size(config) -> int | None:
+    """The block size a model decodes and is scored with: None for a full-sequence model, and for one trained
+    with train.objective='block_diffusion' the block size its training ended at (the last entry of
+    train.block_schedule, else train.block_size). Reads a checkpoint's stored config as well as a live one."""
+    train = config.get("train") or {}
+    if train.get("objective") != "block_diffusion":
+        return None
+    entries = parse_block_schedule(train.get("block_schedule", "") or "")
+    return entries[-1][0] if entries else int(train.get("block_size", 32))
 
 
 def validate_checkpoint(c) -> None:

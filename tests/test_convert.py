@@ -133,7 +133,8 @@ def test_autoregressive_baseline_exports_as_llama(tmp_path):
 
 def test_transformers_llama_loads_the_baseline_export_and_its_save_imports_back(tmp_path):
     """transformers' own LlamaForCausalLM (rotate-half q/k layout, no permutation) gives our logits, and a folder
-    written by its save_pretrained (an independent safetensors writer) imports to the same model."""
+    written by its save_pretrained (an independent safetensors writer) imports to the same weights, as the
+    bidirectional init of a diffusion run."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     ckpt, params, config = export(tmp_path, "model.dtype=float32", "model.causal=True", "train.objective=ar",
@@ -144,9 +145,11 @@ def test_transformers_llama_loads_the_baseline_export_and_its_save_imports_back(
     with torch.no_grad():
         hf_logits = model(torch.as_tensor(tokens)).logits.numpy()
     assert np.abs(hf_logits - jax_logits(params, config, tokens)).max() < 1e-4
-    model.save_pretrained(str(tmp_path / "saved"))
+    model.save_pretrained(str(tmp_path / "saved"))  # no llada_jax_config.json: a foreign AR checkpoint
     hf_import.from_hf(tmp_path / "saved", tmp_path / "back", small_config("model.dtype=float32"))
     back, back_config = params_export.load_params(tmp_path / "back")
+    assert not back_config.model.causal and back_config.model.hf_format == "llama"  # a diffusion init
+    back_config.model.causal = True  # with the attention it was trained with, the same model
     assert np.abs(jax_logits(back, back_config, tokens) - hf_logits).max() < 1e-4
 
 

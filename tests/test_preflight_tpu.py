@@ -162,3 +162,50 @@ def test_scorer_with_splash_compiles_for_tpu_without_length_by_length_scores(tpu
     assert "tpu_custom_call" in splash and "splash" in splash
     assert not re.search(LENGTH_BY_LENGTH, splash)
     assert re.search(LENGTH_BY_LENGTH, compiled_for_tpu(tpu_devices, "xla", scorer))
+
+
+def test_block_sampler_with_exact_cache_compiles_for_tpu_without_canvas_by_canvas_scores(tpu_devices):
+    """The block-diffusion decoder (prompt 128, answer 128, block 32: a 288-column canvas) compiles for TPU; with
+    the exact cache every pass scores at most two blocks of queries against the canvas, never [.., 288, 288],
+    which recomputing every column (cache none) does hold, so the check can fail."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    from llada_jax.inference import sampling
+
+    def decoder(cache):
+        def build(graphdef, mask_id, replicated):
+            decode, _ = sampling.decoder(graphdef, gen_length=128, steps=128, block_length=32, cache=cache,
+                                         mask_id=mask_id, block_diffusion=True)
+            rows = lambda dtype: jax.ShapeDtypeStruct((4, 128), dtype, sharding=replicated)  # noqa: E731
+            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+            return decode, (rows(jnp.int32), rows(jnp.bool_), key)
+        return build
+
+    canvas = r"(?:f32|bf16)\[[0-9,]*288,288\]"
+    exact = compiled_for_tpu(tpu_devices, "splash", decoder("exact"))
+    assert not re.search(canvas, exact) and re.search(r"f32\[[0-9,]*64,288\]", exact)  # previous + current block
+    assert re.search(canvas, compiled_for_tpu(tpu_devices, "splash", decoder("none")))
+
+
+TWO_STREAM_SQUARE = r"(?:f32|bf16|pred)\[[0-9,]*256,256\]"  # [.., 2L, 2L] for L = 128
+
+
+@pytest.mark.parametrize("attention", ["splash", "xla"])
+def test_block_diffusion_step_compiles_for_tpu_with_splash_and_no_two_stream_square(tpu_devices, attention):
+    """The two-stream step (L = 128, block 32: 256 columns) on the v5p slice: the splash kernel with the block mask
+    and no [.., 2L, 2L] array anywhere; dense XLA attention does hold one (the check can fail)."""
+    import re
+
+    from helpers import small_config
+
+    config = small_config(*[o for o in OVERRIDES if not o.startswith("model.attention")],
+                          f"model.attention={attention}", "train.objective=block_diffusion", "train.block_size=32")
+    hlo = Trainer(config, sharding.make_mesh(config.mesh, tpu_devices)).compile_step().as_text()
+    if attention == "splash":
+        assert "tpu_custom_call" in hlo and "splash" in hlo
+        assert not re.search(TWO_STREAM_SQUARE, hlo)
+    else:
+        assert re.search(TWO_STREAM_SQUARE, hlo)

@@ -33,3 +33,18 @@ def test_flops_per_token_hand_computed():
 def test_peak_lookup():
     assert chips.peak_tflops("TPU v5p") == 459.0 and chips.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert chips.peak_tflops("TPU v5 lite") == 197.0 and chips.peak_tflops("cpu") is None
+
+
+def test_block_diffusion_flops_per_token_hand_computed():
+    from llada_jax.objectives import block_diffusion
+    from llada_jax.objectives import registry as objectives
+
+    cfg = ModelConfig(vocab_size=10, d_model=4, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=2, mlp_hidden=6)
+    # layers N = 2 * 136 = 272 over both streams, head 40 over the noisy one; L = 8, blocks of 2: pairs allowed =
+    # noisy-noisy 4 * 2 * 2 + noisy-clean 4 * (0 + 2 + 4 + 6) + clean-clean 2 * (2 + 4 + 6 + 8) = 16 + 24 + 40 = 80
+    want = 6 * (2 * 272 + 40) + 12 * 2 * (80 / 8) * 4
+    assert block_diffusion.flops_per_token(cfg, 8, 2) == want
+    assert objectives.get("block_diffusion").flops_per_token(cfg, 8, 2) == want
+    # one block (block >= seq_len) is LLaDA's count; the other objectives ignore the block size
+    assert block_diffusion.flops_per_token(cfg, 8, 8) == flops.flops_per_token(cfg, 8)
+    assert objectives.get("mdm").flops_per_token(cfg, 8, 2) == flops.flops_per_token(cfg, 8)

@@ -34,6 +34,35 @@ def test_grid_hits_every_budget_within_one_percent():
     assert grid.budget_label(1e18) == "1e18" and grid.budget_label(3e17) == "3e17"
 
 
+def test_one_grid_compares_mdm_block_diffusion_and_ar_at_equal_flops(tmp_path, capsys):
+    """Block diffusion (block 4 of 16) runs its layers over two streams: fewer steps for the same budget, each run
+    within 1% of it by the objective's own count, and its config.json trains block diffusion at that size."""
+    from llada_jax.config import load_config, validate
+    from llada_jax.objectives import block_diffusion
+
+    config = os.path.join(ROOT, "configs", "sweep_cpu.py")
+    sweep = tmp_path / "sweep"
+    objectives = "--config.sweep.objectives=('mdm', 'block_diffusion', 'ar')"
+    assert main(["sweep", "plan", f"--config={config}", f"--out={sweep}", *MICRO, objectives,
+                 "--config.train.block_size=4"]) == 0
+    plan = json.loads((sweep / "plan.json").read_text())["runs"]
+    by = {(r["budget"], r["d_model"], r["objective"]): r for r in plan}
+    assert {r["objective"] for r in plan} == {"mdm", "block_diffusion", "ar"}
+    for (budget, d_model, objective), r in by.items():
+        cfg = ModelConfig(vocab_size=320, d_model=d_model, n_layers=r["n_layers"], n_heads=r["n_heads"],
+                          n_kv_heads=r["n_heads"], head_dim=16, mlp_hidden=r["mlp_hidden"])
+        fpt = (block_diffusion.flops_per_token(cfg, 16, 4) if objective == "block_diffusion"
+               else flops.flops_per_token(cfg, 16))
+        assert abs(r["steps"] * 8 * 16 * fpt - budget) <= 0.01 * budget
+        if objective == "block_diffusion":
+            assert r["name"].endswith("-bd4") and r["block_size"] == 4
+            assert r["steps"] < by[(budget, d_model, "mdm")]["steps"]
+            saved = load_config(str(sweep / "runs" / r["name"] / "config.json"))
+            validate(saved)
+            assert saved.train.objective == "block_diffusion" and saved.train.block_size == 4
+            assert not saved.model.causal
+
+
 def test_fitter_recovers_a_known_compute_optimal_exponent():
     """Synthetic losses L = E + A/N^alpha + B/D^beta with D = C/(6N): the IsoFLOP minima follow
     N* ~ C^(beta/(alpha+beta)) and D* ~ C^(alpha/(alpha+beta))."""

@@ -15,7 +15,7 @@ MOE_SHAPE_FIELDS = ("experts", "expert_hidden", "shared_experts", "first_dense_l
 
 SCHEDULE_FIELDS = ("train.steps", "train.global_batch_size", "train.seq_len", "train.objective", "optimizer.lr",
                    "optimizer.schedule", "optimizer.warmup_steps", "optimizer.final_ratio", "optimizer.wsd_drop_at",
-                   "optimizer.wsd_decay_from", "optimizer.wsd_drop_ratio")
+                   "optimizer.wsd_decay_from", "optimizer.wsd_drop_ratio", "train.block_size", "train.block_schedule")
 
 
 def schedule_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:

@@ -17,6 +17,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-examples", type=int, default=200, help="held-out problems solved at the end")
     parser.add_argument("--show", type=int, default=8, help="solved examples to print")
     parser.add_argument("--quiet", action="store_true", help="no training progress, only the result")
+    parser.add_argument("--objective", choices=("sft", "block_diffusion"), default=None,
+                        help="train with LLaDA's SFT (the demo config's default) or block diffusion (blocks of "
+                             "train.block_size, 4 in the demo config, decoded block by block)")
     parser.epilog = "Override any config field with --config.SECTION.FIELD=VALUE, e.g. --config.train.steps=300."
 
 
@@ -25,6 +28,8 @@ def run(args, overrides) -> int:
 
     if args.train_examples <= 0 or args.test_examples <= 0 or args.show < 0:
         raise ConfigError("--train-examples and --test-examples must be positive and --show >= 0")
+    if args.objective:
+        overrides = [f"train.objective={args.objective}"] + list(overrides)
     config = load_config(args.config, overrides)
     validate(config)  # field errors before anything heavy is imported
     from llada_jax.data import synthetic_tasks
@@ -45,9 +50,13 @@ def run(args, overrides) -> int:
     loop.run(config, args.workdir, quiet=args.quiet)
     model = InferenceModel(os.path.join(os.path.abspath(args.workdir), "params"), mesh=sharding.make_mesh(config.mesh))
     model.load(param_dtype=None)  # the trained float32 params, as the training run evaluated them
-    with progress.timed(f"demo: answering the {len(test)} held-out problems with the reverse process "
-                        "(compiling the sampler first)"):
+    t = model.config.train
+    # a block-diffusion model decodes as `llada-jax sample` does, block by block (model.block_size); a block of the
+    # whole row is LLaDA's sampler
+    block = model.block_size if model.block_size is not None and model.block_size < t.seq_len else None
+    with progress.timed(f"demo: answering the {len(test)} held-out problems with the reverse process"
+                        + (f" in blocks of {block}" if block else "") + " (compiling the sampler first)"):
         predictions = demo.solve(model.graphdef, model.params, model.mesh, model.vocab, [e.prompt for e in test],
-                                 seq_len=model.config.train.seq_len, mask_id=model.mask_id)
+                                 seq_len=t.seq_len, mask_id=model.mask_id, block_size=block)
     print("\n".join(demo.report(test, predictions, args.show, demo.prompt_blind_accuracy(train, test))))
     return 0

@@ -31,7 +31,8 @@ HELP = {
     "gen_batch_size": "prompts decoded together by generate_until (default 16)",
     "threshold": "generate_until: reveal every token above this confidence (fast sampler mode)",
     "factor": "generate_until: Fast-dLLM's factor rule for parallel decoding (fast sampler mode)",
-    "cache": "generate_until: sampler KV cache, none / prefix / dual (approximate, faster)",
+    "cache": "generate_until: sampler KV cache, none / prefix / dual (approximate, faster) for a full-sequence "
+             "model, exact / none for a block-diffusion one (default auto: none / exact)",
     "check_greedy": "loglikelihood: also report whether greedy decoding reproduces the answer",
 }
 
@@ -56,7 +57,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         elif name == "remasking":
             parser.add_argument(flag, choices=["low_confidence", "random"], default=None, help=HELP[name])
         elif name == "cache":
-            parser.add_argument(flag, choices=["none", "prefix", "dual"], default=None, help=HELP[name])
+            parser.add_argument(flag, choices=["auto", "none", "prefix", "dual", "exact"], default=None, help=HELP[name])
         else:
             parser.add_argument(flag, type=kind, default=None, help=HELP.get(name))
 

@@ -3,6 +3,7 @@
 Each JSONL line is {"prompt": ..., "answer": ...} (prints log p(answer | prompt)) or {"prompt": ...,
 "choices": [...], "label": i} (picks the choice with the highest estimate; accuracy when labels are given).
 Output: one JSON object per input line, then {"accuracy": ...} when any line had a label.
+A block-diffusion checkpoint is scored with the block-diffusion ELBO (inference/block_likelihood.py).
 Items are scored in groups that share forward passes (each answer's distinct maskings scored once); the
 estimates equal scoring one answer at a time with the same random numbers.
 """
@@ -111,6 +112,8 @@ def run(args, overrides) -> int:
     key = jax.random.key(args.seed)
     correct = labelled = 0
     progress = Progress(len(items))
+    if model.block_size is not None:
+        stderr(f"score: block-diffusion model: the block-diffusion ELBO with block {model.block_size}")
     stderr(f"score: {len(items)} items x {args.mc_num} samples (the first passes compile) ...")
     for start in range(0, len(items), ITEMS_PER_CALL):
         part = range(start, min(start + ITEMS_PER_CALL, len(items)))
@@ -121,7 +124,7 @@ def run(args, overrides) -> int:
         scored = iter(likelihood.batched_log_likelihoods(
             graphdef, params, pairs, key_data, mask_id=config.model.mask_token_id, mc_num=args.mc_num,
             batch_size=args.batch_size, cfg_scale=args.cfg_scale, estimator=args.estimator,
-            rows_per_pass=args.rows_per_pass, mesh=mesh))
+            rows_per_pass=args.rows_per_pass, mesh=mesh, block_size=model.block_size))
         for n in part:
             item, scores = items[n], [next(scored) for _ in encoded[n][1]]
             record = {"item": n + 1, "log_likelihood": [round(s, 4) for s, _ in scores],

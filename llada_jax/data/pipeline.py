@@ -31,7 +31,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from llada_jax.config import ConfigError
+from llada_jax.config import CONVERSATION_OBJECTIVES, DOCUMENT_OBJECTIVES, ConfigError
 from llada_jax.data import mixture, packing, prepare, records, sft, sources
 from llada_jax.data.vocab import get_vocabulary
 
@@ -231,11 +231,12 @@ def _choice(d, key: str, default: str, choices: tuple) -> str:
 
 
 def _check_kind(folder: str, kind: str, objective: str) -> None:
-    """SFT conversations train only with the SFT objective, and the SFT objective only on conversations."""
-    if kind == "sft" and objective != "sft":
+    """SFT conversations train only with an objective that takes them (sft, block_diffusion), and the SFT
+    objective only on conversations."""
+    if kind == "sft" and objective not in CONVERSATION_OBJECTIVES:
         raise ConfigError(f"{folder} holds SFT conversations but train.objective={objective!r}; "
                           "set --config.train.objective=sft")
-    if kind != "sft" and objective == "sft":
+    if kind != "sft" and objective not in DOCUMENT_OBJECTIVES:
         raise ConfigError(f"train.objective='sft' needs conversations but {folder} holds plain documents; "
                           "prepare an SFT JSONL (data.source='sft_jsonl')")
 

@@ -45,16 +45,20 @@ def gen_length_for(seq_len: int, longest_prompt: int, block: int = 4) -> int:
 
 
 def solve(graphdef, params, mesh, vocab, prompts: list[str], *, seq_len: int, mask_id: int, seed: int = 0,
-          **sampler) -> list[str]:
-    """Greedy low-confidence decoding (one token per step) of every prompt; the text up to the first EOS."""
+          block_size: int | None = None, **sampler) -> list[str]:
+    """Greedy low-confidence decoding (one token per step) of every prompt over the rest of the row (seq_len minus
+    the longest prompt); the text up to the first EOS. The decoder is `llada-jax sample`'s: LLaDA's over one
+    block, or, with a `block_size` (a block-diffusion model), block by block with an exact cache of finished
+    blocks (inference/block_sampling.py), whose answer need not fill whole blocks."""
     import jax
 
     from llada_jax.inference import sampling
 
     encoded = [vocab.encode(p) for p in prompts]
-    gen_length = gen_length_for(seq_len, max(len(e) for e in encoded))
+    gen_length = gen_length_for(seq_len, max(len(e) for e in encoded), block=1 if block_size else 4)
+    blocks = {"block_length": block_size, "block_diffusion": True} if block_size else {"block_length": gen_length}
+    settings = {"steps": gen_length, **blocks, **sampler}
     ids, valid = sampling.left_pad(encoded, vocab.pad_id)
-    settings = {"steps": gen_length, "block_length": gen_length, **sampler}
     with jax.set_mesh(mesh):
         out, _, _ = sampling.generate(graphdef, params, ids, valid, jax.random.key(seed), gen_length=gen_length,
                                       mask_id=mask_id, eos_id=vocab.eos_id, **settings)

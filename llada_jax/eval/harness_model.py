@@ -8,7 +8,8 @@ Here every request type is batched across requests and sharded over the checkpoi
   factor parallel decoding, prefix or dual KV cache), cut at EOS and at the stop strings.
 - loglikelihood_rolling: the ELBO of the whole text (windows of max_seq_len scored with an empty prompt),
   which the official class does not offer.
-All processes of a multi-host run see every request (the harness is deterministic); each pass is split over
+A block-diffusion checkpoint (train.objective=block_diffusion) is decoded block by block with its block size and an
+exact cache, and scored with the block-diffusion ELBO. All processes of a multi-host run see every request (the harness is deterministic); each pass is split over
 the mesh, each process feeds its share of it, and every process gets all results (process 0 reports).
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ class LladaJaxLM(LM):
         model = InferenceModel(checkpoint, list(mesh_overrides)).load(param_dtype=None)  # params as stored
         self.mesh, self.graphdef, self.params, self.config = model.mesh, model.graphdef, model.params, model.config
         self.vocab, self.max_len, self.mask_id = model.vocab, model.max_len, model.mask_id
+        self.block_size = model.block_size  # a block-diffusion model: decoded and scored block by block
         # lm-eval's rank stays 0 on every process: with rank r it would drop the first r documents (it shards
         # documents by rank), while here every process must see every request to feed its share of each pass.
         self.process_index = jax.process_index()  # only process 0 prints progress and writes results
@@ -64,7 +66,7 @@ class LladaJaxLM(LM):
         return likelihood.batched_log_likelihoods(
             self.graphdef, self.params, pairs, req_lib.request_keys(contexts, s.seed), mask_id=self.mask_id,
             mc_num=s.mc_num, batch_size=s.mc_batch_size, cfg_scale=s.cfg_scale, estimator=s.estimator,
-            rows_per_pass=s.rows_per_pass, mesh=self.mesh, progress=progress.update)
+            rows_per_pass=s.rows_per_pass, mesh=self.mesh, progress=progress.update, block_size=self.block_size)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         pairs, contexts = [], []
@@ -93,7 +95,7 @@ class LladaJaxLM(LM):
         for length, indices in sorted(by_length.items()):
             prompts = [pairs[i][0] for i in indices]
             decoded = self.decode_batches(prompts, length, length, length, temperature=0.0,
-                                          remasking="low_confidence", threshold=None, factor=None, cache="none",
+                                          remasking="low_confidence", threshold=None, factor=None, cache="auto",
                                           eos=False)
             for i, tokens in zip(indices, decoded):
                 out[i] = list(tokens) == list(pairs[i][1])
@@ -188,6 +190,8 @@ class LladaJaxLM(LM):
         share = ids.shape[0] // jax.process_count()
         start = jax.process_index() * share
         local = {"ids": ids[start:start + share], "valid": valid[start:start + share]}
+        if self.block_size is not None:  # decoded with the model's own block size, block by block
+            decoding = dict(decoding, block_length=self.block_size, block_diffusion=True)
         with jax.set_mesh(self.mesh):
             batch = sharding.global_batch(local, self.mesh)
             tokens, _, _ = sampling.generate(

@@ -25,7 +25,7 @@ class EvalSettings:
     remasking: str = "low_confidence"
     threshold: float | None = None   # parallel decoding: reveal every token above this confidence
     factor: float | None = None      # parallel decoding, Fast-dLLM's factor rule
-    cache: str = "none"              # sampler KV cache: none, prefix or dual
+    cache: str = "auto"              # sampler KV cache: none, prefix, dual, exact (block diffusion); auto: none / exact
     gen_batch_size: int = 16      # prompts decoded together
     seed: int = 0
 

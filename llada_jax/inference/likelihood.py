@@ -21,6 +21,10 @@ passes (sorted by padded length, sharded over the mesh), and logits are computed
 
 Sequences are padded to a multiple of `bucket` tokens (the padding is its own attention segment, so it
 changes nothing) and the lengths are traced values: scoring many answers compiles once per bucket.
+
+A block-diffusion model (`block_size` given) is scored with the block-diffusion ELBO (block_likelihood.py): in
+every block holding answer positions, l_b of its n_b answer positions are masked (stratified as above, with an
+independent offset per block) and each block's masked CE is weighted n_b / l_b.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import numpy as np
 
 from llada_jax.objectives import losses
 from llada_jax.models import registry as model_lib
+from llada_jax.inference import block_likelihood
 from llada_jax.inference.sampling import guided_logits
 
 
@@ -58,8 +63,12 @@ def stratified_mask_counts(key, batch: int, answer_len, estimator: str = "unbias
     return stratified_counts(jax.random.randint(key, (), 1, answer_len + 1), batch, answer_len, estimator)
 
 
-def sample_masks(key, batch: int, total: int, prompt_len, answer_len, estimator: str = "unbiased") -> jax.Array:
-    """[batch, total] bool: for each sample, a uniformly random subset of l_j answer positions (stratified l_j)."""
+def sample_masks(key, batch: int, total: int, prompt_len, answer_len, estimator: str = "unbiased",
+                 block_size: int | None = None) -> jax.Array:
+    """[batch, total] bool: for each sample, a uniformly random subset of l_j answer positions (stratified l_j);
+    with `block_size`, such a subset in every block (`block_masks`)."""
+    if block_size is not None:
+        return block_masks(key, batch, total, prompt_len, answer_len, estimator, block_size)
     key_l, key_perm = jax.random.split(key)
     counts = stratified_mask_counts(key_l, batch, answer_len, estimator)
     cols = jnp.arange(total)
@@ -67,6 +76,22 @@ def sample_masks(key, batch: int, total: int, prompt_len, answer_len, estimator:
     noise = jnp.where(in_answer, jax.random.uniform(key_perm, (batch, total)), 2.0)  # non-answer ranks last
     ranks = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)  # a uniformly random order of the answer positions
     return (ranks < counts[:, None]) & in_answer
+
+
+def block_masks(key, batch: int, total: int, prompt_len, answer_len, estimator: str, block_size: int):
+    """[batch, total] bool: in every block of columns holding n_b answer positions, a stratified count l_b in
+    1..n_b of them (an independent offset per block), chosen uniformly at random."""
+    key_l, key_perm = jax.random.split(key)
+    cols = jnp.arange(total)
+    block = cols // block_size
+    in_answer = (cols >= prompt_len) & (cols < prompt_len + answer_len)
+    n = jax.ops.segment_sum(in_answer.astype(jnp.int32), block, num_segments=-(-total // block_size))
+    offsets = jax.random.randint(key_l, n.shape, 1, jnp.maximum(n, 1) + 1)
+    counts = jax.vmap(lambda k, m: stratified_counts(k, batch, jnp.maximum(m, 1), estimator), out_axes=1)(offsets, n)
+    counts = jnp.where(n[None, :] > 0, counts, 0)  # [batch, blocks]
+    noise = jnp.where(in_answer, jax.random.uniform(key_perm, (batch, total)), 2.0) + 4.0 * block  # block-major
+    ranks = jnp.argsort(jnp.argsort(noise, axis=1), axis=1) - block * block_size  # rank inside the block
+    return (ranks < counts[:, block]) & in_answer
 
 
 def model_inputs(tokens, masked, prompt_lens, answer_lens, mask_id: int):
@@ -105,17 +130,24 @@ def minibatch_nll(graphdef, params, seq, prompt_len, answer_len, key, *, batch: 
 
 def log_likelihood(graphdef, params, prompt: list[int], answer: list[int], key, *, mask_id: int,
                    mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
-                   bucket: int = 32, estimator: str = "unbiased") -> tuple[float, float]:
+                   bucket: int = 32, estimator: str = "unbiased",
+                   block_size: int | None = None) -> tuple[float, float]:
     """(estimate of log p(answer | prompt), its Monte Carlo standard error).
 
     Runs max(mc_num // batch_size, 1) mini-batches, as the official code does. The standard error comes from
     the spread of the mini-batch means (independent; the samples inside one are stratified, not independent).
-    Inputs are token ids; the caller checks the length against the model's max_seq_len.
+    Inputs are token ids; the caller checks the length against the model's max_seq_len. A block-diffusion
+    model (`block_size`) is scored through `batched_log_likelihoods` (the same masks for the same key).
     """
     from llada_jax.config import ConfigError
 
     if not answer:
         raise ConfigError("the answer is empty; give at least one answer token to score")
+    if block_size is not None:
+        return batched_log_likelihoods(
+            graphdef, params, [(prompt, answer)], np.asarray(jax.random.key_data(key))[None], mask_id=mask_id,
+            mc_num=mc_num, batch_size=batch_size, cfg_scale=cfg_scale, bucket=bucket, estimator=estimator,
+            block_size=block_size)[0]
     check_options(mc_num, batch_size, estimator)
     length = len(prompt) + len(answer)
     padded = list(prompt) + list(answer) + [0] * (-length % bucket)
@@ -142,9 +174,12 @@ def summarize(values: np.ndarray) -> tuple[float, float]:
     return -float(means.mean()), float(stderr)
 
 
-def check_options(mc_num: int, batch_size: int, estimator: str) -> None:
+def check_options(mc_num: int, batch_size: int, estimator: str, cfg_scale: float = 0.0,
+                  block_size: int | None = None) -> None:
     from llada_jax.config import ConfigError
 
+    if block_size is not None and cfg_scale > 0:
+        raise ConfigError("classifier-free guidance is not built for block-diffusion models; use cfg_scale=0")
     if mc_num <= 0 or batch_size <= 0:
         raise ConfigError(f"mc_num={mc_num} and batch_size={batch_size} must be positive")
     if estimator not in ESTIMATORS:
@@ -154,7 +189,7 @@ def check_options(mc_num: int, batch_size: int, estimator: str) -> None:
 def batched_log_likelihoods(graphdef, params, requests, key_data, *, mask_id: int, mc_num: int = 128,
                             batch_size: int = 16, cfg_scale: float = 0.0, bucket: int = 32,
                             estimator: str = "unbiased", rows_per_pass: int | None = None, mesh=None,
-                            progress=None) -> list[tuple[float, float]]:
+                            progress=None, block_size: int | None = None) -> list[tuple[float, float]]:
     """`log_likelihood` for many (prompt ids, answer ids) requests at once: [(estimate, stderr)] in order.
 
     key_data [N, 2] uint32 (jax.random.key_data of each request's key): with the same key a request gets
@@ -165,15 +200,16 @@ def batched_log_likelihoods(graphdef, params, requests, key_data, *, mask_id: in
       accelerators), sorted by padded width;
     - the output head runs only over each row's answer window, not the prompt.
     With a mesh, every pass is split over its batch axes; on several hosts each process feeds its share of
-    the rows and all processes receive every value. `progress(done, total)` counts rows scored.
+    the rows and all processes receive every value. `progress(done, total)` counts rows scored. `block_size`:
+    a block-diffusion model, scored with its ELBO (module docstring).
     """
     from llada_jax.config import ConfigError
 
-    check_options(mc_num, batch_size, estimator)
+    check_options(mc_num, batch_size, estimator, cfg_scale, block_size)
     if any(not answer for _, answer in requests):
         raise ConfigError("an answer is empty; give at least one answer token to score")
     minibatches = max(mc_num // batch_size, 1)
-    rows, inverses = _distinct_rows(requests, key_data, minibatches, batch_size, bucket, estimator)
+    rows, inverses = _distinct_rows(requests, key_data, minibatches, batch_size, bucket, estimator, block_size)
     values = np.zeros(len(rows))
     per_pass = _rows_per_pass(rows_per_pass, mesh)
     order = sorted(range(len(rows)), key=lambda i: rows[i][:2])
@@ -181,7 +217,7 @@ def batched_log_likelihoods(graphdef, params, requests, key_data, *, mask_id: in
     for chunk in _same_shape_chunks(order, rows, per_pass):
         values[chunk] = _score_rows(graphdef, params, requests, [rows[i] for i in chunk],
                                     _pass_rows(len(chunk), per_pass, mesh), mesh, mask_id=mask_id,
-                                    cfg_scale=cfg_scale)
+                                    **scorer_options(cfg_scale, block_size))
         done += len(chunk)
         if progress is not None:
             progress(done, len(rows))
@@ -192,12 +228,19 @@ def batched_log_likelihoods(graphdef, params, requests, key_data, *, mask_id: in
     return out
 
 
+def scorer_options(cfg_scale: float, block_size: int | None) -> dict:
+    """What `_score_rows` passes its scorer: guidance for a full-sequence model, the block size for a
+    block-diffusion one."""
+    return {"cfg_scale": cfg_scale} if block_size is None else {"block_size": block_size}
+
+
 def answer_window(answer_len: int) -> int:
     """The static answer span a forward pass computes logits for: the next power of two (few compiled shapes)."""
     return 1 << max(answer_len - 1, 0).bit_length()
 
 
-def _distinct_rows(requests, key_data, minibatches: int, batch: int, bucket: int, estimator: str):
+def _distinct_rows(requests, key_data, minibatches: int, batch: int, bucket: int, estimator: str,
+                   block_size: int | None = None):
     """Every request's masks (as `log_likelihood` draws them), reduced to its distinct ones.
 
     Returns rows [(padded width, answer window, request, answer-span mask)] and, per request, (index of its
@@ -215,7 +258,7 @@ def _distinct_rows(requests, key_data, minibatches: int, batch: int, bucket: int
             masks = np.asarray(request_masks(
                 np.asarray(key_data)[padded], np.asarray([len(requests[r][0]) for r in padded], np.int32),
                 np.asarray([len(requests[r][1]) for r in padded], np.int32), minibatches=minibatches, batch=batch,
-                total=width, estimator=estimator))
+                total=width, estimator=estimator, block_size=block_size))
             for r, mask in zip(part, masks):
                 prompt_len, answer_len = len(requests[r][0]), len(requests[r][1])
                 spans[r] = mask[:, prompt_len:prompt_len + answer_len]
@@ -231,16 +274,16 @@ def _distinct_rows(requests, key_data, minibatches: int, batch: int, bucket: int
 MASK_CHUNK = 32  # requests whose masks are drawn in one call (padded, so one compiled shape per width)
 
 
-@functools.partial(jax.jit, static_argnames=("minibatches", "batch", "total", "estimator"))
+@functools.partial(jax.jit, static_argnames=("minibatches", "batch", "total", "estimator", "block_size"))
 def request_masks(key_data, prompt_lens, answer_lens, *, minibatches: int, batch: int, total: int,
-                  estimator: str):
+                  estimator: str, block_size: int | None = None):
     """[N, minibatches * batch, total] masks of N requests: mini-batch i uses fold_in(key, i), as in
     `log_likelihood`."""
 
     def one_request(data, prompt_len, answer_len):
         key = jax.random.wrap_key_data(data)
         draw = lambda i: sample_masks(jax.random.fold_in(key, i), batch, total, prompt_len, answer_len,  # noqa: E731
-                                      estimator)
+                                      estimator, block_size)
         return jax.vmap(draw)(jnp.arange(minibatches)).reshape(minibatches * batch, total)
 
     return jax.vmap(one_request)(key_data, prompt_lens, answer_lens)
@@ -329,8 +372,9 @@ def _score_rows(graphdef, params, requests, chunk, per_pass, mesh, **options) ->
     arrays = {"seqs": seqs, "masked": masked,
               "prompt_lens": np.asarray([len(requests[r][0]) for _, _, r, _ in padded], np.int32),
               "answer_lens": np.asarray([len(requests[r][1]) for _, _, r, _ in padded], np.int32)}
+    scorer = rows_nll if "block_size" not in options else block_likelihood.block_rows_nll
     if mesh is None:
-        return np.asarray(rows_nll(graphdef, params, **arrays, window=window, **options))[:len(chunk)]
+        return np.asarray(scorer(graphdef, params, **arrays, window=window, **options))[:len(chunk)]
     from jax.experimental import multihost_utils
 
     from llada_jax import sharding
@@ -339,5 +383,5 @@ def _score_rows(graphdef, params, requests, chunk, per_pass, mesh, **options) ->
     start = jax.process_index() * share
     local = {name: value[start:start + share] for name, value in arrays.items()}
     with jax.set_mesh(mesh):
-        out = rows_nll(graphdef, params, **sharding.global_batch(local, mesh), window=window, **options)
+        out = scorer(graphdef, params, **sharding.global_batch(local, mesh), window=window, **options)
     return np.asarray(multihost_utils.process_allgather(out, tiled=True))[:len(chunk)]

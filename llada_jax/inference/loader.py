@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from llada_jax import sharding
 from llada_jax.checkpoints import locate, params_export
-from llada_jax.config import ConfigError, ModelConfig, apply_override
+from llada_jax.config import ConfigError, ModelConfig, apply_override, decode_block_size
 from llada_jax.data.vocab import get_vocabulary
 from llada_jax.inference import serving_params
 from llada_jax.models import attention
@@ -54,6 +54,11 @@ class InferenceModel:
     @property
     def mask_id(self) -> int:
         return int(self.config.model.mask_token_id)
+
+    @property
+    def block_size(self) -> int | None:
+        """The block size a block-diffusion checkpoint decodes and is scored with; None for a full-sequence one."""
+        return decode_block_size(self.config)
 
     def load(self, param_dtype: str | None = "auto") -> "InferenceModel":
         """Restores the params onto the mesh, cast once to --param-dtype (auto: bfloat16 on GPU/TPU; None: as

@@ -20,6 +20,10 @@ Options beyond the official sampler:
 - `eos_id`: stop after the first block at which every row holds an EOS. Exact for the text up to the first
   EOS: finished blocks are never changed by later ones, so skipping them only saves forward passes.
 - the returned trace (the step at which each position was revealed) for `--trace`.
+
+A block-diffusion model (train.objective=block_diffusion) decodes with `block_diffusion=True`: block by block with
+an exact KV cache of the finished blocks (block_sampling.py); `cache="auto"` picks that cache for such a model and
+none for a full-sequence one, whose decoding is unchanged.
 """
 from __future__ import annotations
 
@@ -28,17 +32,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from llada_jax.inference import sampling_rules as rules
+from llada_jax.inference import block_sampling
 from llada_jax.inference.sampling_cache import CACHES, guided_logits, window_logits, window_start, window_width
+from llada_jax.inference.sampling_rules import check_rule, reveal_columns, transfer_schedule
+
+BLOCK_CACHE_NAMES = ("auto", "exact")  # auto: exact for a block-diffusion model, none otherwise
 
 __all__ = ["generate", "guided_logits", "left_pad", "crop_at_eos", "transfer_schedule", "check_schedule"]
-
-
-def transfer_schedule(mask_counts: jax.Array, steps: int) -> jax.Array:
-    """[B] masks in a block -> [B, steps] tokens to reveal per step (earlier steps take the remainder)."""
-    base = mask_counts[:, None] // steps
-    extra = jnp.arange(steps)[None, :] < (mask_counts[:, None] % steps)
-    return base + extra.astype(base.dtype)
 
 
 def check_schedule(gen_length: int, steps: int, block_length: int) -> None:
@@ -59,41 +59,57 @@ def check_options(remasking: str, temperature: float, cfg_scale: float, threshol
     """One ConfigError sentence for an option the decoder cannot honour."""
     from llada_jax.config import ConfigError
 
-    if remasking not in ("low_confidence", "random"):
-        raise ConfigError(f"remasking={remasking!r} is unknown; use 'low_confidence' or 'random'")
-    if temperature < 0 or cfg_scale < 0:
-        raise ConfigError(f"temperature={temperature} and cfg_scale={cfg_scale} must be >= 0")
-    if cache not in CACHES:
-        raise ConfigError(f"cache={cache!r} is unknown; use one of {', '.join(CACHES)}")
-    if threshold is not None and factor is not None:
-        raise ConfigError("threshold and factor are two parallel-decoding rules; give one of them")
-    if factor is not None and factor <= 0:
-        raise ConfigError(f"factor={factor} must be positive (Fast-dLLM uses about 1)")
+    check_rule(remasking, temperature, threshold, factor)
+    if cfg_scale < 0:
+        raise ConfigError(f"cfg_scale={cfg_scale} must be >= 0")
+    if cache not in CACHES + BLOCK_CACHE_NAMES:
+        raise ConfigError(f"cache={cache!r} is unknown; use one of {', '.join(CACHES + BLOCK_CACHE_NAMES)}")
+
+
+def resolve_cache(cache: str, block_diffusion: bool) -> str:
+    """`auto`: a block-diffusion model's exact cache, none for a full-sequence model; `exact` needs the former."""
+    from llada_jax.config import ConfigError
+
+    if cache == "auto":
+        return "exact" if block_diffusion else "none"
+    if cache == "exact" and not block_diffusion:
+        raise ConfigError("cache='exact' keeps the finished blocks of a block-diffusion model, and this model is a "
+                          "full-sequence one; use none, prefix or dual")
+    return cache
 
 
 def generate(graphdef, params, prompt, prompt_valid, key, *, gen_length: int, steps: int, block_length: int,
              temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
              mask_id: int = 126336, threshold: float | None = None, factor: float | None = None,
-             cache: str = "none", eos_id: int | None = None):
+             cache: str = "none", eos_id: int | None = None, block_diffusion: bool = False):
     """prompt [B, P] (left-padded; `prompt_valid` marks real tokens) -> (tokens [B, P + G], reveal step [B, P + G]
     (-1 where nothing was revealed), forward passes used).
 
     Checks the schedule and options in Python (one-sentence ConfigError), then runs the jitted decoder.
+    `block_diffusion`: the model was trained with train.objective=block_diffusion and `block_length` is its
+    block size: decoding goes block by block with an exact cache (block_sampling.py).
     """
     decode, _ = decoder(graphdef, gen_length=gen_length, steps=steps, block_length=block_length,
                         temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
-                        threshold=threshold, factor=factor, cache=cache, eos_id=eos_id)
+                        threshold=threshold, factor=factor, cache=cache, eos_id=eos_id,
+                        block_diffusion=block_diffusion)
     return decode(params, prompt, prompt_valid, key)
 
 
 def decoder(graphdef, *, gen_length: int, steps: int, block_length: int, temperature: float = 0.0,
             cfg_scale: float = 0.0, remasking: str = "low_confidence", mask_id: int = 126336,
             threshold: float | None = None, factor: float | None = None, cache: str = "none",
-            eos_id: int | None = None):
+            eos_id: int | None = None, block_diffusion: bool = False):
     """(jitted decode(params, prompt, prompt_valid, key), its static options as a dict) after the checks of
     `generate`: the form `export_cache` stores, so a repeated `llada-jax sample` skips tracing."""
-    check_schedule(gen_length, steps, block_length)
     check_options(remasking, temperature, cfg_scale, threshold, factor, cache)
+    cache = resolve_cache(cache, block_diffusion)
+    if block_diffusion:
+        return block_sampling.block_decoder(
+            graphdef, gen_length=gen_length, steps=steps, block_size=block_length, temperature=temperature,
+            remasking=remasking, mask_id=mask_id, threshold=threshold, factor=factor, cache=cache, eos_id=eos_id,
+            cfg_scale=cfg_scale)
+    check_schedule(gen_length, steps, block_length)
     optional = lambda v, kind: None if v is None else kind(v)  # noqa: E731  (hashable static arguments)
     options = dict(gen_length=int(gen_length), steps=int(steps), block_length=int(block_length),
                    temperature=float(temperature), cfg_scale=float(cfg_scale), remasking=remasking,
@@ -141,32 +157,13 @@ def _generate(graphdef, params, prompt, prompt_valid, key, *, gen_length, steps,
     return x, trace, passes
 
 
-def _reveal(state, logits, start, block_end, scheduled, step_index, *, temperature, remasking, mask_id,
-            threshold, factor):
-    """One step's reveals applied to columns start..start+W-1 of the state (W = the logits' width)."""
-    x, trace, key = state
-    key, k_noise, k_conf = jax.random.split(key, 3)
-    width = logits.shape[1]
-    view = jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
-    columns = start + jnp.arange(width)[None, :]
-    prediction = rules.predict(logits, k_noise, temperature, mask_id)
-    conf = rules.confidence(logits, prediction, k_conf, remasking)
-    conf = jnp.where((view == mask_id) & (columns < block_end), conf, rules.NEG_INF)
-    chosen = rules.reveal_mask(conf, scheduled, threshold=threshold, factor=factor)
-    view = jnp.where(chosen, prediction.astype(x.dtype), view)
-    steps = jnp.where(chosen, step_index, jax.lax.dynamic_slice_in_dim(trace, start, width, axis=1))
-    x = jax.lax.dynamic_update_slice_in_dim(x, view, start, axis=1)
-    trace = jax.lax.dynamic_update_slice_in_dim(trace, steps.astype(trace.dtype), start, axis=1)
-    return x, trace, key
-
-
 def _decode_block(graphdef, params, seq, block, carry, *, prompt_width, steps_per_block, block_length,
                   gen_length, temperature, cfg_scale, remasking, mask_id, threshold, factor, cache):
     """All steps of one block (`block` is traced). With a cache, the first step is a full forward that also
     returns the keys/values; the others recompute only the cache's window against them."""
     x, trace, key, passes = carry
     block_start = prompt_width + block * block_length
-    reveal = functools.partial(_reveal, block_end=block_start + block_length, temperature=temperature,
+    reveal = functools.partial(reveal_columns, block_end=block_start + block_length, temperature=temperature,
                                remasking=remasking, mask_id=mask_id, threshold=threshold, factor=factor)
     common = (seq["positions"], seq["segment_ids"], seq["prompt_mask"], mask_id, cfg_scale)
 

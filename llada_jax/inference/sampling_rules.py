@@ -7,6 +7,9 @@ model could otherwise "reveal" a mask). It is removed from the argmax only, neve
 confidences, hence the reveal order, are the official ones whenever the official code would not have
 predicted a mask either.
 
+`transfer_schedule` spreads a block's masks over its steps and `reveal_columns` applies one step to the
+decoding state; both samplers (sampling.py, block_sampling.py) share them.
+
 Three rules choose the tokens, each per row and inside the jit:
 - the official schedule: the k[b] most confident masked tokens of the current block;
 - `threshold`: every one whose confidence exceeds it, and at least the most confident one;
@@ -79,3 +82,44 @@ def reveal_mask(conf, scheduled, *, threshold: float | None, factor: float | Non
     else:
         count = scheduled
     return top_k_mask(conf, count) & jnp.isfinite(conf)
+
+
+def transfer_schedule(mask_counts: jax.Array, steps: int) -> jax.Array:
+    """[B] masks in a block -> [B, steps] tokens to reveal per step (earlier steps take the remainder)."""
+    base = mask_counts[:, None] // steps
+    extra = jnp.arange(steps)[None, :] < (mask_counts[:, None] % steps)
+    return base + extra.astype(base.dtype)
+
+
+def reveal_columns(state, logits, start, block_end, scheduled, step_index, *, temperature, remasking, mask_id,
+                   threshold, factor):
+    """One step's reveals applied to columns start..start+W-1 of the state (x, trace, key), W = the logits'
+    width: masked columns before `block_end` are the candidates; the trace records `step_index` where revealed."""
+    x, trace, key = state
+    key, k_noise, k_conf = jax.random.split(key, 3)
+    width = logits.shape[1]
+    view = jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
+    columns = start + jnp.arange(width)[None, :]
+    prediction = predict(logits, k_noise, temperature, mask_id)
+    conf = confidence(logits, prediction, k_conf, remasking)
+    conf = jnp.where((view == mask_id) & (columns < block_end), conf, NEG_INF)
+    chosen = reveal_mask(conf, scheduled, threshold=threshold, factor=factor)
+    view = jnp.where(chosen, prediction.astype(x.dtype), view)
+    steps = jnp.where(chosen, step_index, jax.lax.dynamic_slice_in_dim(trace, start, width, axis=1))
+    x = jax.lax.dynamic_update_slice_in_dim(x, view, start, axis=1)
+    trace = jax.lax.dynamic_update_slice_in_dim(trace, steps.astype(trace.dtype), start, axis=1)
+    return x, trace, key
+
+
+def check_rule(remasking: str, temperature: float, threshold, factor) -> None:
+    """One ConfigError sentence for a reveal rule no decoder can honour."""
+    from llada_jax.config import ConfigError
+
+    if remasking not in ("low_confidence", "random"):
+        raise ConfigError(f"remasking={remasking!r} is unknown; use 'low_confidence' or 'random'")
+    if temperature < 0:
+        raise ConfigError(f"temperature={temperature} must be >= 0")
+    if threshold is not None and factor is not None:
+        raise ConfigError("threshold and factor are two parallel-decoding rules; give one of them")
+    if factor is not None and factor <= 0:
+        raise ConfigError(f"factor={factor} must be positive (Fast-dLLM uses about 1)")

@@ -1,25 +1,29 @@
 """The checkpoint-format registry: which Hugging Face format a model exports to and a config.json imports from.
 
 A format is a module with NAME, MODEL_TYPE, LAYER_NAMES / LAYER_PREFIX / TOP_NAMES (our param keys -> its
-tensor names), OPTIONS (the optional model features it can carry, of `model_options`), `hf_config(model_config,
-torch_dtype)` and `model_fields(hf_config_dict)`. A new format (a new
-model family's official release) is one module and one entry here.
+tensor names), OPTIONS (the optional model features it can carry, of `model_options`), optionally REQUIRES
+(options every model in it has, e.g. Qwen2's q/k/v biases) and AUTOREGRESSIVE (an AR architecture: imported
+as the init of a diffusion run), `hf_config(model_config, torch_dtype)` and `model_fields(hf_config_dict)`.
+A new format (a new model family's official release) is one module and one entry here; config.HF_FORMATS
+lists the dense ones a model.hf_format may name.
 """
 from __future__ import annotations
 
 from llada_jax.config import ConfigError, ModelConfig
-from llada_jax.interop import llada2_format, llada_format, llada_moe_format, llama_format
+from llada_jax.interop import llada2_format, llada_format, llada_moe_format, llama_format, qwen2_format, qwen3_format
 
 # the mixture-of-experts formats first: LLaDA-MoE's official config.json says model_type "llada" too (its
 # `matches` tells it apart by its architecture)
-FORMATS = {f.NAME: f for f in (llada_moe_format, llada2_format, llada2_format.STACKED, llada_format, llama_format)}
+FORMATS = {f.NAME: f for f in (llada_moe_format, llada2_format, llada2_format.STACKED, llada_format, llama_format,
+                               qwen2_format, qwen3_format)}
 EXPERT_LAYOUTS = ("per-expert", "stacked")  # how a mixture of experts' file holds the experts (convert to-hf)
 
 
 def for_model(cfg: ModelConfig, expert_layout: str = "per-expert"):
-    """The format a model exports to: a mask predictor to the official LLaDA one, the AR baseline to Llama, a
-    mixture of experts to its family's (LLaDA2.0's files hold one tensor per expert, or all of a layer's in one
-    with expert_layout="stacked", as dFactory trains them)."""
+    """The format a model exports to: a mixture of experts to its family's (LLaDA2.0's files hold one tensor per
+    expert, or all of a layer's in one with expert_layout="stacked", as dFactory trains them); a dense model to
+    the architecture it was imported from (model.hf_format), else the official LLaDA one for a mask predictor and
+    Llama for the AR baseline."""
     if expert_layout not in EXPERT_LAYOUTS:
         raise ConfigError(f"--expert-layout={expert_layout} is unknown; use one of {', '.join(EXPERT_LAYOUTS)}")
     if cfg.family == "llada2_moe":
@@ -29,6 +33,8 @@ def for_model(cfg: ModelConfig, expert_layout: str = "per-expert"):
                           "with one tensor per expert, as its release stores it")
     if cfg.family == "llada_moe":
         return llada_moe_format
+    if cfg.hf_format:
+        return FORMATS[cfg.hf_format]
     return llama_format if cfg.causal else llada_format
 
 
@@ -55,3 +61,7 @@ def check_representable(fmt, cfg: ModelConfig) -> None:
     if missing:
         raise ConfigError(f"the {fmt.NAME} format cannot hold a model with {', '.join(missing)}; this model "
                           f"cannot be exported to it")
+    lacking = sorted(set(getattr(fmt, "REQUIRES", ())) - model_options(cfg))
+    if lacking:
+        raise ConfigError(f"the {fmt.NAME} format needs a model with {', '.join(lacking)}; this model has none, so "
+                          "it cannot be exported to it (set model.hf_format='' for the LLaDA format)")

@@ -1,5 +1,6 @@
 """`convert to-hf`: a llada_jax checkpoint as a Hugging Face folder (config.json + safetensors) in the model's
-format (formats.py: the official LLaDA one for mask predictors, Llama for the AR baseline).
+format (formats.py: the architecture it was imported from, else the official LLaDA one for mask predictors and
+Llama for the AR baseline). A block-diffusion model's config.json also carries its "block_size".
 
 Streams so an 8B model converts on a 64 GB host: one stacked parameter is restored at a time and written layer
 by layer. Files are written under temporary names and renamed when all are complete.
@@ -13,7 +14,7 @@ import numpy as np
 from etils import epath
 
 from llada_jax.checkpoints import locate
-from llada_jax.config import ConfigError, ModelConfig
+from llada_jax.config import ConfigError, ModelConfig, decode_block_size
 from llada_jax.interop import formats, safetensors_io
 from llada_jax.interop.tensor_layout import param_shapes, planned_tensors, to_torch
 from llada_jax.utils import output_dirs
@@ -41,6 +42,9 @@ def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard
     fmt = formats.for_model(cfg, expert_layout)
     formats.check_representable(fmt, cfg)
     hf = fmt.hf_config(cfg, dtype)  # refuses unrepresentable shapes before anything is written
+    block_size = decode_block_size(config)
+    if block_size is not None:
+        hf["block_size"] = block_size  # decoded block by block: from-hf reads it back as the objective
     np_dtype = np.dtype(safetensors_io.DTYPES[DTYPES[dtype]])
     plan = planned_tensors(cfg, param_shapes(cfg), fmt)
     out = output_dirs.check_folder(out, flag="--out", overwrite=overwrite)

@@ -1,5 +1,11 @@
-"""`convert from-hf`: a Hugging Face folder (official LLaDA or Llama) as a params checkpoint for `train
---init_from` and `sample`.
+"""`convert from-hf`: a Hugging Face folder (official LLaDA, or a Llama, Qwen2 or Qwen3 AR model) as a params
+checkpoint for `train --init_from` and `sample`.
+
+An AR architecture is imported as the init of a diffusion run: model.causal=False (bidirectional; block
+diffusion makes it block-causal) and model.hf_format naming the architecture, so `convert to-hf` writes its
+names back. Only our own AR baseline coming back (its export's llada_jax_config.json says causal) stays
+causal; --config.model.causal=true keeps any AR checkpoint autoregressive. A config.json with "block_size"
+(a block-diffusion export) gives train.objective=block_diffusion with that block size.
 
 Every tensor's name, shape and dtype is checked against config.json before any data is read. The float32
 params are assembled in memory-mapped scratch files beside the output (about the model's size in free disk,
@@ -25,10 +31,10 @@ from llada_jax.utils import output_dirs
 # model fields that config.json decides (the weights' shapes and meaning); a --config override may not contradict
 # them. The others it gives (max_seq_len, token ids) a user may change.
 DECIDED_BY_CHECKPOINT = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
-                         "causal", "rope_theta", "rms_norm_eps", "family", "qk_norm", "rotary_dim", "moe.experts",
-                         "moe.top_k", "moe.expert_hidden", "moe.shared_experts", "moe.first_dense_layers",
-                         "moe.router", "moe.norm_topk", "moe.routed_scaling", "moe.n_groups", "moe.topk_groups",
-                         "moe.expert_bias")
+                         "rope_theta", "rms_norm_eps", "family", "qk_norm", "rotary_dim", "qkv_bias",
+                         "tie_embeddings", "hf_format", "moe.experts", "moe.top_k", "moe.expert_hidden",
+                         "moe.shared_experts", "moe.first_dense_layers", "moe.router", "moe.norm_topk",
+                         "moe.routed_scaling", "moe.n_groups", "moe.topk_groups", "moe.expert_bias")
 WEIGHT_DTYPES = ("F32", "BF16", "F16")
 
 
@@ -42,7 +48,7 @@ def from_hf(hf_dir, out, base_config: ml_collections.ConfigDict, overrides=(), *
         raise ConfigError(f"{hf_dir} has no config.json; pass the folder of a Hugging Face checkpoint")
     output_dirs.check_folder(out, flag="--out", overwrite=overwrite)  # before any work: never a late refusal
     hf = read_hf_config(hf_dir)
-    config = import_config(hf, base_config, overrides)
+    config = import_config(hf, base_config, overrides, exported_run=_exported_run(hf_dir))
     cfg = ModelConfig.from_config(config.model)
     fmt = formats.for_hf_config(hf)  # its model_type also says how the file lays out experts
     shapes = param_shapes(cfg)
@@ -71,17 +77,48 @@ def read_hf_config(hf_dir: epath.Path) -> dict:
     return hf
 
 
-def model_config_from_hf(hf: dict) -> dict:
+def _exported_run(hf_dir: epath.Path) -> dict | None:
+    """The run config our own `to-hf` left beside the weights (llada_jax_config.json), or None."""
+    path = hf_dir / "llada_jax_config.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def model_config_from_hf(hf: dict, exported_run: dict | None = None) -> dict:
     """Our config.model fields from an HF config.json, by its model_type's format; one sentence for anything
-    our architecture cannot represent."""
-    return formats.for_hf_config(hf).model_fields(hf)
+    our architecture cannot represent. An AR architecture becomes a bidirectional model recording where it came
+    from, unless `exported_run` (our own export's run config) says it was trained causal."""
+    fmt = formats.for_hf_config(hf)
+    fields = fmt.model_fields(hf)
+    if getattr(fmt, "AUTOREGRESSIVE", False):
+        fields["causal"] = bool(((exported_run or {}).get("model") or {}).get("causal", False))
+        fields["hf_format"] = fmt.NAME
+    return fields
 
 
-def import_config(hf: dict, base_config: ml_collections.ConfigDict, overrides=()) -> ml_collections.ConfigDict:
+def _block_diffusion_fields(hf: dict, config, overrides) -> None:
+    """config.json's "block_size" (a block-diffusion export) as train.objective / train.block_size, unless the
+    command line sets them."""
+    block = hf.get("block_size")
+    if not isinstance(block, int) or isinstance(block, bool) or block <= 0:
+        return
+    given = {item.split("=", 1)[0].removeprefix("--").removeprefix("config.") for item in overrides}
+    if "train.objective" not in given:
+        config.train.objective = "block_diffusion"
+    if "train.block_size" not in given and "block_size" in config.train:
+        config.train.block_size = block
+    if "train.block_schedule" not in given and "block_schedule" in config.train:
+        config.train.block_schedule = ""
+
+
+def import_config(hf: dict, base_config: ml_collections.ConfigDict, overrides=(), *,
+                  exported_run: dict | None = None) -> ml_collections.ConfigDict:
     """The run config of an imported checkpoint: `base_config` (with the user's overrides) whose model is
     config.json's. An override of a field config.json decides must agree with it, and the token ids must fit."""
     config = ml_collections.ConfigDict(base_config.to_dict())
-    fields = _flat(model_config_from_hf(hf))  # "moe.experts" for the mixture-of-experts section's fields
+    fields = _flat(model_config_from_hf(hf, exported_run))  # "moe.experts" for the mixture-of-experts section's fields
     for field, value in fields.items():
         _set(config.model, field, value)
     for item in overrides:
@@ -99,6 +136,8 @@ def import_config(hf: dict, base_config: ml_collections.ConfigDict, overrides=()
         config.train.objective = "ar"
     elif config.train.objective == "ar":
         config.train.objective = "mdm"
+    if not config.model.causal:
+        _block_diffusion_fields(hf, config, overrides)
     _check_imported_model(config.model)
     return config
 
@@ -161,7 +200,10 @@ def read_hf_tensors(hf_dir: epath.Path) -> dict[str, str]:
 def check_tensor_names(hf_dir, plan: dict, files: dict, fmt) -> None:
     """Every tensor the model needs is present and nothing unknown is (besides buffers the format ignores)."""
     missing, unexpected = sorted(set(plan) - set(files)), sorted(set(files) - set(plan))
-    unexpected = [n for n in unexpected if not n.endswith(getattr(fmt, "IGNORED_SUFFIXES", ()))]
+    ignored = getattr(fmt, "IGNORED_SUFFIXES", ())
+    head = getattr(fmt, "TOP_NAMES", {}).get("ff_out")
+    tied_head = None if head in plan else head  # some tied checkpoints still carry a copy of the table
+    unexpected = [n for n in unexpected if not n.endswith(ignored) and n != tied_head]
     if missing:
         raise ConfigError(f"{hf_dir} is missing {len(missing)} tensor(s), e.g. {missing[0]}; it does not match its config.json")
     if unexpected:

@@ -5,7 +5,9 @@ tensor is a reshape and a transpose. A planned tensor names the arrays of ours i
 path into the params dict and an index into that stacked leaf, e.g. (("moe_blocks", "expert_gate"), (layer,
 expert))) and the `kind` of conversion: most are one array each way; LLaDA2.0's fused query_key_value is made
 of three, and stacked expert files hold every expert of a layer in one tensor. Every supported format uses
-the rotate-half RoPE layout, so q/k need no permutation.
+the rotate-half RoPE layout, so q/k need no permutation. Optional tensors (q/k/v biases [heads, head_dim] ->
+[heads * head_dim], QK-norm weights, the head absent when it is tied to the embedding) are planned only when
+the model has them.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class Planned:
     name: str
     shape: tuple
     sources: tuple  # ((params path, index into the leaf), ...)
-    kind: str  # copy | transpose | heads_in | heads_out | fused_qkv | experts_transpose | zeros
+    kind: str  # copy | transpose | heads_in | heads_out | fused_qkv | experts_transpose | flatten | zeros
 
 
 def to_torch(kind: str, arrays: list) -> np.ndarray:
@@ -40,6 +42,8 @@ def to_torch(kind: str, arrays: list) -> np.ndarray:
         return np.concatenate([x.reshape(x.shape[0], -1).T for x in arrays], axis=0)
     if kind == "experts_transpose":  # [E, in, out] -> [E, out, in]
         return np.swapaxes(a, 1, 2)
+    if kind == "flatten":  # q/k/v bias [heads, hd] -> [heads*hd]
+        return a.reshape(-1)
     raise ValueError(f"unknown tensor kind {kind!r}")
 
 
@@ -49,6 +53,8 @@ def from_torch(kind: str, array: np.ndarray, ours: list[tuple]) -> list[np.ndarr
         return [array.reshape(ours[0])]
     if kind in ("transpose", "heads_in", "heads_out"):
         return [array.T.reshape(ours[0])]
+    if kind == "flatten":
+        return [array.reshape(ours[0])]
     if kind == "fused_qkv":
         sizes = np.cumsum([int(np.prod(s[1:])) for s in ours])[:-1]
         return [part.T.reshape(s) for part, s in zip(np.split(array, sizes, axis=0), ours)]
@@ -68,7 +74,8 @@ def torch_shape(kind: str, ours: list[tuple]) -> tuple:
 # kinds of the per-layer keys every format shares (dense and mixture-of-experts layers alike)
 LAYER_KINDS = {"q_proj": "heads_in", "k_proj": "heads_in", "v_proj": "heads_in", "attn_out": "heads_out",
                "ff_proj": "transpose", "up_proj": "transpose", "ff_out": "transpose", "router": "transpose",
-               "shared_gate": "transpose", "shared_up": "transpose", "shared_down": "transpose"}
+               "shared_gate": "transpose", "shared_up": "transpose", "shared_down": "transpose",
+               "q_bias": "flatten", "k_bias": "flatten", "v_bias": "flatten"}
 TOP_KINDS = {"wte": "copy", "ln_f": "copy", "ff_out": "transpose"}
 
 
@@ -87,9 +94,11 @@ def planned(name: str, kind: str, shapes: dict, *sources) -> Planned:
 
 
 def tensor_name(fmt, key: str, layer: int | None) -> str:
+    """A format's name for our tensor; layer names get ".weight" unless the format spells the suffix (biases)."""
     if layer is None:
         return fmt.TOP_NAMES[key]
-    return fmt.LAYER_PREFIX.format(i=layer) + fmt.LAYER_NAMES[key] + ".weight"
+    name = fmt.LAYER_NAMES[key]
+    return fmt.LAYER_PREFIX.format(i=layer) + name + ("" if name.endswith((".weight", ".bias")) else ".weight")
 
 
 def planned_tensors(cfg: ModelConfig, shapes: dict, fmt) -> list[Planned]:
@@ -98,11 +107,17 @@ def planned_tensors(cfg: ModelConfig, shapes: dict, fmt) -> list[Planned]:
     layout (the mixture-of-experts ones) plans its tensors itself."""
     if hasattr(fmt, "planned_tensors"):
         return fmt.planned_tensors(cfg, shapes)
-    out = [planned(tensor_name(fmt, key, None), TOP_KINDS[key], shapes, ((key,), ())) for key in fmt.TOP_NAMES]
-    for key in fmt.LAYER_NAMES:
+    out = [planned(tensor_name(fmt, key, None), TOP_KINDS[key], shapes, ((key,), ()))
+           for key in fmt.TOP_NAMES if key in shapes]  # no ff_out when the head is tied to the embedding
+    for key in layer_keys(fmt, shapes):
         kind = LAYER_KINDS.get(key, "copy")
         out += [planned(tensor_name(fmt, key, i), kind, shapes, (("blocks", key), (i,))) for i in range(cfg.n_layers)]
     return out
+
+
+def layer_keys(fmt, shapes: dict) -> list[str]:
+    """The format's per-layer keys this model has (biases and QK-norm only with those options), in its order."""
+    return [key for key in fmt.LAYER_NAMES if key in shapes["blocks"]]
 
 
 def param_shapes(cfg: ModelConfig) -> dict:

@@ -66,9 +66,19 @@ def apply(graphdef, params, tokens, positions=None, segment_ids=None, **cache_ar
     return nnx.merge(graphdef, params)(tokens, positions, segment_ids, **cache_args)
 
 
-def apply_head(graphdef, params, tokens, positions=None, segment_ids=None, lengths=None) -> HeadOutput:
-    """Pure forward pass for training losses: a HeadOutput (hidden states + head) instead of [B, T, V] logits."""
-    return nnx.merge(graphdef, params).head(tokens, positions, segment_ids, lengths)
+def apply_head(graphdef, params, tokens, positions=None, segment_ids=None, lengths=None, **window) -> HeadOutput:
+    """Pure forward pass for training losses: a HeadOutput (hidden states + head) instead of [B, T, V] logits
+    (`window`: the family's cache, visibility and attention_pattern arguments: block diffusion's scorer
+    and training objective)."""
+    return nnx.merge(graphdef, params).head(tokens, positions, segment_ids, lengths, **window)
+
+
+def apply_with_kv(graphdef, params, tokens, positions=None, segment_ids=None, **window):
+    """(HeadOutput of the final hidden states, every layer's keys/values) without running the output head, so a
+    decoder projects only the positions it needs and keeps the keys/values (the block sampler's exact cache)."""
+    model = nnx.merge(graphdef, params)
+    hidden, kv = model.hidden_states(tokens, positions, segment_ids, **window)
+    return HeadOutput(hidden, model.head_weight(), model.cfg.loss_chunk_tokens), kv
 
 
 def init_params(cfg: ModelConfig, seed: int):

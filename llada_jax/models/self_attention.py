@@ -53,7 +53,8 @@ def project_qkv(layer, cfg: ModelConfig, y: jax.Array):
 
 
 def attention_sublayer(layer, cfg: ModelConfig, x, cos, sin, segments, cache_kv=None, window_start=None):
-    """x + attention(norm(x)) and this layer's (k, v). `segments` is (query ids, key ids, kv_lengths or None).
+    """x + attention(norm(x)) and this layer's (k, v). `segments` is (query ids, key ids, kv_lengths or None), and
+    optionally a fourth entry, a block_mask.BlockPattern restricting attention as block diffusion does.
     With `cache_kv` (keys/values of a whole sequence, RoPE applied) x is a window of that sequence starting at
     column `window_start`: its fresh keys/values overwrite the cache's there and it attends to the result."""
     dt = x.dtype
@@ -65,10 +66,11 @@ def attention_sublayer(layer, cfg: ModelConfig, x, cos, sin, segments, cache_kv=
     if cache_kv is not None:
         keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(dt), k, window_start, axis=1)
         values = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(dt), v, window_start, axis=1)
-    q_ids, kv_ids, kv_lengths = segments
+    q_ids, kv_ids, kv_lengths, *pattern = segments
     mixed = attention(q, keys, values, q_segment_ids=q_ids, kv_segment_ids=kv_ids,
                       causal=cfg.causal, implementation=cfg.attention, scale=cfg.head_dim ** -0.5,
-                      kv_lengths=kv_lengths if cache_kv is None else None, block_size=cfg.attention_block)
+                      kv_lengths=kv_lengths if cache_kv is None else None, block_size=cfg.attention_block,
+                      pattern=pattern[0] if pattern else None)
     mixed = checkpoint_name(mixed, "attn_mixed")
     attn = checkpoint_name(jnp.einsum("btnh,nhd->btd", mixed, layer.attn_out[...].astype(dt)), "attn_output")
     return sharding.constrain(x + attn, ("batch", "length", "act_embed")), (k, v)

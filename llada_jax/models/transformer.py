@@ -104,7 +104,8 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, *, cache_kv=None, cache_segment_ids=None,
-                 window_start=None, return_kv: bool = False, lengths: jax.Array | None = None):
+                 window_start=None, return_kv: bool = False, lengths: jax.Array | None = None, visibility=None,
+                 attention_pattern=None):
         """tokens [B, T] -> float32 logits [B, T, V].
 
         `segment_ids` (packed documents or padding) restrict attention to equal ids; positions default to
@@ -113,9 +114,14 @@ class Transformer(nnx.Module):
         K, H] each); `cache_kv` (such a pair for a whole sequence, with its `cache_segment_ids`) makes `tokens`
         the window of that sequence starting at column `window_start` (traced): only the window is recomputed,
         its keys and values replace the cached ones there, and it attends to the whole sequence.
+        Block diffusion restricts attention further in one of two ways (attention.py's module docstring says
+        which is for what): `attention_pattern` (a static block_mask.BlockPattern: training's two-stream layout,
+        whose empty tiles the kernels skip) or `visibility` (ranks from block_mask.visibility_ranks: query rank
+        [B, T], key from / to [B, S]; the decoder's and scorer's windows against a cache).
         """
         x, kv = self.hidden_states(tokens, positions, segment_ids, cache_kv=cache_kv,
-                                   cache_segment_ids=cache_segment_ids, window_start=window_start, lengths=lengths)
+                                   cache_segment_ids=cache_segment_ids, window_start=window_start, lengths=lengths,
+                                   visibility=visibility, attention_pattern=attention_pattern)
         logits = project(x, self.head_weight())
         return (logits, kv) if return_kv else logits
 
@@ -124,14 +130,15 @@ class Transformer(nnx.Module):
         return self.wte[...].T if self.cfg.tie_embeddings else self.ff_out[...]
 
     def head(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
-             lengths: jax.Array | None = None) -> HeadOutput:
-        """The training output: final hidden states plus head weight; losses compute logits chunk by chunk."""
-        x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths)
+             lengths: jax.Array | None = None, **window) -> HeadOutput:
+        """The training output: final hidden states plus head weight; losses compute logits chunk by chunk.
+        `window` takes __call__'s cache, visibility and attention_pattern arguments (block diffusion)."""
+        x, _ = self.hidden_states(tokens, positions, segment_ids, lengths=lengths, **window)
         # the f32 weight goes in (cast per chunk), so its gradient is summed over chunks in f32
         return HeadOutput(x, self.head_weight(), self.cfg.loss_chunk_tokens)
 
     def hidden_states(self, tokens, positions=None, segment_ids=None, *, cache_kv=None, cache_segment_ids=None,
-                      window_start=None, lengths=None):
+                      window_start=None, lengths=None, visibility=None, attention_pattern=None):
         """tokens [B, T] -> (final RMS-normed hidden states [B, T, d] in the compute dtype, per-layer (k, v))."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
@@ -145,6 +152,11 @@ class Transformer(nnx.Module):
             cache_segment_ids = jnp.ones(cache_kv[0].shape[1:3], segment_ids.dtype)
         key_ids = segment_ids if cache_kv is None else cache_segment_ids
         segments = (segment_ids, key_ids, lengths)
+        if visibility is not None:  # ids travel with ranks: (ids, rank) for queries, (ids, from, to) for keys
+            q_rank, kv_from, kv_to = visibility
+            segments = ((segment_ids, q_rank), (key_ids, kv_from, kv_to), None)
+        if attention_pattern is not None:  # a static layout rides along as a fourth entry
+            segments += (attention_pattern,)
         # Params are cast to the compute dtype once, outside the layer loop (and before FSDP gathers them).
         x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)  # gather first: the table's gradient stays f32
         x = sharding.constrain(x, ("batch", "length", "act_embed"))

@@ -50,6 +50,27 @@ def sft_loss(logits, targets, masked, p, response_mask):
     return _weighted_masked_loss(logits, targets, masked, p, jnp.sum(response_mask, axis=-1))
 
 
+def block_loss(logits, targets, masked, p, normaliser, weighting: str = "elbo"):
+    """Block diffusion's loss as (sum, weight, aux). `p` [B, n_blocks] is each block's mask probability.
+
+    elbo: sum over blocks of (masked CE in the block) / p_block, divided by the row's `normaliser` (its real
+    tokens, or its response length in SFT), summed over rows with weight = rows scored: LLaDA's bound, and exactly
+    its pretraining/SFT loss with one block. mean: masked CE summed, weight = masked tokens (no 1/p; dFactory).
+    """
+    maskf = masked.astype(jnp.float32)
+    if weighting == "mean":
+        weights = maskf
+    else:
+        p_token = jnp.repeat(p, targets.shape[1] // p.shape[1], axis=1)  # each position's block probability
+        weights = maskf / p_token / jnp.maximum(normaliser.astype(jnp.float32), 1.0)[:, None]
+    total, (ce, hits) = weighted_ce(logits, targets, weights)
+    aux = {"masked_correct": jnp.sum(hits.astype(jnp.float32) * maskf), "masked_tokens": jnp.sum(maskf),
+           "masked_ce_sum": jnp.sum(ce * maskf)}
+    if weighting == "mean":
+        return total, aux["masked_tokens"], aux
+    return total, jnp.sum((normaliser > 0).astype(jnp.float32)), aux
+
+
 def ar_loss(logits, tokens, valid=None):
     """Next-token NLL as (sum over predicted positions, number of them, aux): the autoregressive baseline.
     `logits` as in _weighted_masked_loss; position i is scored against token i + 1 (the last position's score

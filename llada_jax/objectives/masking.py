@@ -39,3 +39,30 @@ def random_lengths(key, batch: int, seq_len: int, fraction: float) -> jax.Array:
     cut = jax.random.uniform(key_pick, (batch,)) < fraction
     lengths = jax.random.randint(key_len, (batch,), 1, seq_len + 1)
     return jnp.where(cut, lengths, seq_len)
+
+
+def block_forward_process(key, tokens, mask_id: int, eps: float, block_size: int, maskable=None, t=None,
+                          per_block: bool = True, noise_range=(0.0, 1.0)):
+    """Block diffusion's forward process: (noisy tokens, masked [B, T] bool, p [B, n_blocks or 1]).
+
+    A noise level per block of `block_size` columns (BD3-LM), or one per row (`per_block=False`; `t` [B] given,
+    as in eval, is one per row too), with t ~ U(noise_range) and p = (1 - eps) t + eps. The keys are split and
+    drawn as in `forward_process`, so one block per row masks exactly the tokens LLaDA's process masks.
+    """
+    key_t, key_m = jax.random.split(key)
+    b, length = tokens.shape
+    n_blocks = length // block_size if per_block and t is None else 1
+    t = jax.random.uniform(key_t, (b, n_blocks)) if t is None else t[:, None]
+    low, high = noise_range
+    if (low, high) != (0.0, 1.0):
+        t = low + (high - low) * t
+    p = mask_probability(t, eps)
+    masked = jax.random.uniform(key_m, tokens.shape) < per_position(p, length)
+    if maskable is not None:
+        masked = masked & maskable
+    return jnp.where(masked, mask_id, tokens), masked, p
+
+
+def per_position(p, length: int):
+    """[B, n_blocks] per-block values -> [B, length] (each block's value over its columns)."""
+    return jnp.repeat(p, length // p.shape[1], axis=1)

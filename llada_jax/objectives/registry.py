@@ -9,8 +9,8 @@ import dataclasses
 from typing import Callable
 
 from llada_jax.config import ConfigError, ModelConfig
-from llada_jax.models import router_stats
-from llada_jax.objectives import ar, mdm, router_losses, sft
+from llada_jax.models import flops, router_stats
+from llada_jax.objectives import ar, block_diffusion, mdm, router_losses, sft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +21,12 @@ class Objective:
     loss_meaning: str = "ELBO bound"  # what the reported nats/token are
     accuracy_label: str = "masked"  # the progress line's name for whose accuracy it is
     accuracy_meaning: str = "masked-token"  # the same in the closing line
+    # (train config, 0-based step) -> the block size that step trains with, for objectives that train in blocks; a
+    # step per distinct value is compiled (training/trainer.py); eval uses the size the run ends at
+    block_size_at: Callable | None = None
+    block_sizes: Callable | None = None  # train config -> the distinct block sizes of a run, in order of first use
+    # (model config, seq_len, block_size) -> training FLOPs per token of the row (scaling sweeps and MFU)
+    flops_per_token: Callable = lambda cfg, seq_len, block_size: flops.flops_per_token(cfg, seq_len)  # noqa: E731
 
 
 # train.objective -> Objective (config.OBJECTIVES lists the same names)
@@ -29,6 +35,9 @@ OBJECTIVES = {
     "sft": Objective(sft.loss, batch_fields=sft.BATCH_FIELDS),
     "ar": Objective(ar.loss, loss_label="NLL", loss_meaning="NLL", accuracy_label="next-token",
                     accuracy_meaning="next-token"),
+    "block_diffusion": Objective(block_diffusion.loss, loss_meaning="block-diffusion bound",
+                                 block_size_at=block_diffusion.block_size_at, block_sizes=block_diffusion.block_sizes,
+                                 flops_per_token=block_diffusion.flops_per_token),
 }
 
 

@@ -1,12 +1,15 @@
 """IsoFLOP sweep grids: model shapes by depth and the runs that spend each compute budget within 1%
-(MDM vs. the autoregressive baseline, same data and architecture)."""
+(MDM vs. block diffusion vs. the autoregressive baseline, same data and architecture). Each objective counts its
+own FLOPs per token (objectives/registry.py): block diffusion runs its layers over two streams, so it gets fewer
+steps for the same budget."""
 from __future__ import annotations
 
 import dataclasses
 import math
 
 from llada_jax.config import ModelConfig
-from llada_jax.models.flops import flops_per_token, param_counts
+from llada_jax.models.flops import param_counts
+from llada_jax.objectives import registry as objectives_registry
 
 
 def shape_for_depth(n_layers: int, aspect: int = 64, head_dim: int = 64) -> dict:
@@ -28,7 +31,7 @@ def budget_label(flops: float) -> str:
 @dataclasses.dataclass
 class PlannedRun:
     name: str
-    objective: str  # mdm | ar
+    objective: str  # mdm | ar | block_diffusion
     budget: float
     n_layers: int
     d_model: int
@@ -38,16 +41,22 @@ class PlannedRun:
     steps: int
     tokens: int
     flops: float  # what the run will actually spend
+    block_size: int = 0  # block diffusion's train.block_size (0 for the other objectives)
+
+
+def run_label(objective: str, block_size: int) -> str:
+    """The objective's part of a run name: mdm, ar, bd32 (block diffusion with blocks of 32)."""
+    return f"bd{block_size}" if objective == "block_diffusion" else objective
 
 
 def plan_grid(budgets, depths, *, vocab_size: int, seq_len: int, batch: int, aspect: int = 64, head_dim: int = 64,
               objectives=("mdm", "ar"), min_steps: int = 50, tolerance: float = 0.01,
-              model_fields: dict | None = None) -> tuple[list[PlannedRun], list[str]]:
+              model_fields: dict | None = None, block_size: int = 32) -> tuple[list[PlannedRun], list[str]]:
     """Runs for every (budget, depth, objective) whose step count hits the budget within `tolerance`.
 
-    Steps = round(C / (FLOPs/token * tokens/step)); pairs that would need fewer than `min_steps` steps or miss
-    the budget by more than the tolerance are left out and explained in the second return value.
-    `model_fields` (family, moe) make a mixture of experts' FLOPs count its active parameters.
+    Steps = round(C / (FLOPs/token * tokens/step)), with the objective's FLOPs per token; triples that would need
+    fewer than `min_steps` steps or miss the budget by more than the tolerance are left out and explained in the
+    second return value. `model_fields` (family, moe) make a mixture of experts' FLOPs count its active parameters.
     """
     runs, skipped = [], []
     for budget in budgets:
@@ -55,17 +64,19 @@ def plan_grid(budgets, depths, *, vocab_size: int, seq_len: int, batch: int, asp
             shape = shape_for_depth(depth, aspect, head_dim)
             cfg = ModelConfig(vocab_size=vocab_size, n_kv_heads=shape["n_heads"], head_dim=head_dim, **shape,
                               **(model_fields or {}))
-            per_step = flops_per_token(cfg, seq_len) * batch * seq_len
-            steps = int(round(budget / per_step))
-            spent = steps * per_step
-            if steps < min_steps or abs(spent - budget) > tolerance * budget:
-                skipped.append(f"{budget_label(budget)} x {depth} layers: {steps} steps (need >= {min_steps} within "
-                               f"{tolerance:.0%} of the budget)")
-                continue
             n = param_counts(cfg)["non_embedding"]
             for objective in objectives:
+                fpt = objectives_registry.get(objective).flops_per_token(cfg, seq_len, block_size)
+                per_step = fpt * batch * seq_len
+                steps = int(round(budget / per_step))
+                spent = steps * per_step
+                if steps < min_steps or abs(spent - budget) > tolerance * budget:
+                    skipped.append(f"{budget_label(budget)} x {depth} layers ({objective}): {steps} steps (need >= "
+                                   f"{min_steps} within {tolerance:.0%} of the budget)")
+                    continue
                 runs.append(PlannedRun(
-                    name=f"isoflop-{budget_label(budget)}-N{n / 1e6:.3g}M-{objective}", objective=objective,
-                    budget=float(budget), non_embedding_params=n, steps=steps, tokens=steps * batch * seq_len,
-                    flops=float(spent), **shape))
+                    name=f"isoflop-{budget_label(budget)}-N{n / 1e6:.3g}M-{run_label(objective, block_size)}",
+                    objective=objective, budget=float(budget), non_embedding_params=n, steps=steps,
+                    tokens=steps * batch * seq_len, flops=float(spent),
+                    block_size=block_size if objective == "block_diffusion" else 0, **shape))
     return runs, skipped

@@ -33,6 +33,8 @@ def run_config(config, run: grid.PlannedRun) -> ml_collections.ConfigDict:
     c.model.head_dim = 0
     c.model.causal = run.objective == "ar"
     c.train.objective = run.objective
+    if run.block_size:
+        c.train.block_size = run.block_size
     c.train.steps = run.steps
     c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, max(run.steps // 10, 1))
     return c
@@ -52,7 +54,7 @@ def plan(config, out) -> tuple[list[grid.PlannedRun], list[str]]:
     runs, skipped = grid.plan_grid(
         list(s.budgets), list(s.depths), vocab_size=config.model.vocab_size, seq_len=config.train.seq_len,
         batch=config.train.global_batch_size, aspect=s.aspect, head_dim=s.head_dim, objectives=tuple(s.objectives),
-        min_steps=s.min_steps, model_fields=_moe_fields(config.model))
+        min_steps=s.min_steps, model_fields=_moe_fields(config.model), block_size=config.train.get("block_size", 32))
     if not runs:
         raise ConfigError("no (budget, depth) pair gives a run of at least sweep.min_steps steps; raise sweep.budgets")
     out = epath.Path(out)
@@ -151,7 +153,7 @@ def plot(results: list[dict], fits: dict, sweep) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    styles = {"mdm": "-", "ar": "--"}
+    styles = {"mdm": "-", "ar": "--", "block_diffusion": ":"}
     budgets = sorted({r["budget"] for r in results})
     colours = plt.cm.viridis(np.linspace(0, 0.85, len(budgets)))
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -172,7 +174,7 @@ def plot(results: list[dict], fits: dict, sweep) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("eval loss (nats/token; MDM: ELBO bound)")
-    ax.set_title("IsoFLOP curves: MDM (solid) vs AR (dashed)")
+    ax.set_title("IsoFLOP curves: MDM (solid), block diffusion (dotted), AR (dashed)")
     if ax.get_legend_handles_labels()[0]:  # no fitted curve (too few points): no empty-legend warning
         ax.legend(fontsize=7)
     fig.tight_layout()

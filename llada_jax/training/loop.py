@@ -47,7 +47,8 @@ def progress_line(record: dict, t_cfg, eta: str) -> str:
             f"{objective.accuracy_label} acc {record['masked_accuracy']:.3f} | grad norm "
             f"{record['grad_norm']:.3f} | lr {record['lr']:.2e} | " + router_summary(record)
             + (f"{tok_s:,.0f} tok/s" if math.isfinite(tok_s) else "- tok/s") + f" | ETA {eta}"
-            + (f" | skipped {record['skipped_total']}" if record["skipped_total"] else ""))
+            + (f" | skipped {record['skipped_total']}" if record["skipped_total"] else "")
+            + (f" | block {record['block_size']}" if record.get("block_size") is not None else ""))
 
 
 def router_summary(record: dict) -> str:
@@ -106,6 +107,7 @@ class Session:
     stopping: str = ""
     clock: tuple = (0.0, 0)  # (time, step) of the last throughput reading
     progress: Any = None  # when the console hears from the run (every few seconds, and every logged step)
+    block_size: int | None = None  # the block size of the last step (block diffusion)
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
@@ -192,14 +194,25 @@ def train_one_step(s: Session, step: int) -> int:
     previous = s.metrics.get("skipped")
     batch = sharding.global_batch(next(s.batches), s.mesh)
     done = step + 1
+    block_size = s.trainer.block_size_at(step)
     if step == s.start_step:
         s.log.print("compiling the train step (the first step waits for it) ...")
         with heartbeat("still compiling the train step", s.log.print):  # big models compile for minutes
-            s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch))
+            s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch, step))
         s.log.print(f"compiled and ran step {done} in {time.perf_counter() - s.started:.1f} s")
         s.clock = (time.perf_counter(), done)  # tokens/s counts the steps after compiling
+    elif block_size != s.block_size and not s.trainer.has_compiled(block_size):
+        s.log.print(f"block size {s.block_size} -> {block_size} from step {done}: compiling its step (once) ...")
+        began = time.perf_counter()
+        with heartbeat("still compiling the train step", s.log.print):
+            s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch, step))
+        s.log.print(f"compiled and ran step {done} in {time.perf_counter() - began:.1f} s")
+        s.clock = (time.perf_counter(), done)
     else:
-        s.state, s.metrics = s.trainer.step(s.state, batch)
+        if block_size != s.block_size:
+            s.log.print(f"block size {s.block_size} -> {block_size} from step {done} (its step is compiled already)")
+        s.state, s.metrics = s.trainer.step(s.state, batch, step)
+    s.block_size = block_size
     if previous is not None:
         count_skip(s, previous, done)
     if done == s.config.train.steps:
@@ -223,6 +236,8 @@ def log_progress(s: Session, done: int) -> None:
         s.clock = (now, done)
     record = {"step": done, **metrics, "tokens_per_s": tok_s, "skipped_total": s.skipped_total,
               "checkpoint_block_s": s.ckpt_block_s}
+    if s.block_size is not None:
+        record["block_size"] = s.block_size
     if logged(t)(done, done == t.steps):
         s.record = record
         s.log.write(record)

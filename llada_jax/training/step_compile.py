@@ -44,7 +44,9 @@ def compile_key(config, devices) -> str:
     t = config.train
     return json.dumps({"model": config.model.to_dict(), "mesh": config.mesh.to_dict(), "devices": len(devices),
                        "kind": devices[0].device_kind, "jax": jax.__version__,
-                       "train": [t.global_batch_size, t.seq_len, t.grad_accum_steps, t.objective]}, sort_keys=True)
+                       "train": [t.global_batch_size, t.seq_len, t.grad_accum_steps, t.objective]
+                       + ([t.block_size, t.block_schedule] if t.objective == "block_diffusion" else [])},
+                      sort_keys=True)
 
 
 def compile_with_progress(trainer, traced, what: str, *, key: str, log, every_s: float = HEARTBEAT_S):
