@@ -422,12 +422,15 @@ def parse_block_schedule(text: str) -> list[tuple[int, float]]:
 def decode_block_size(config) -> int | None:
     """The block size a model decodes and is scored with: None for a full-sequence model, and for one trained
     with train.objective='block_diffusion' the block size its training ended at (the last entry of
-    train.block_schedule, else train.block_size). Reads a checkpoint's stored config as well as a live one."""
+    train.block_schedule, else train.block_size). A final block of train.seq_len or more is the full-sequence
+    objective (one block holds the whole sequence), so that model decodes as one: None. Reads a checkpoint's
+    stored config as well as a live one."""
     train = config.get("train") or {}
     if train.get("objective") != "block_diffusion":
         return None
     entries = parse_block_schedule(train.get("block_schedule", "") or "")
-    return entries[-1][0] if entries else int(train.get("block_size", 32))
+    block = entries[-1][0] if entries else int(train.get("block_size", 32))
+    return None if "seq_len" in train and block >= int(train["seq_len"]) else block
 
 
 def validate_checkpoint(c) -> None:

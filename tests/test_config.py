@@ -66,3 +66,19 @@ def test_invalid_values_stop_with_one_sentence(overrides, fragment):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/nope.py")
+
+
+def test_a_block_diffusion_run_decodes_with_the_block_it_ended_at():
+    """sample/score/eval/export use the schedule's last block; a block holding the whole sequence is the
+    full-sequence objective, so that model decodes as a full-sequence one (no block size)."""
+    from llada_jax.config import decode_block_size
+
+    def config(**train):
+        return load_config(os.path.join(ROOT, "configs", "tiny.py"), [f"train.{k}={v}" for k, v in train.items()])
+
+    assert decode_block_size(config(objective="mdm")) is None
+    assert decode_block_size(config(objective="block_diffusion", block_size=4, seq_len=16)) == 4
+    assert decode_block_size(config(objective="block_diffusion", block_size=4, seq_len=16,
+                                    block_schedule="4:0.5,8:0.5")) == 8
+    assert decode_block_size(config(objective="block_diffusion", block_size=4, seq_len=16,
+                                    block_schedule="4:0.5,16:0.5")) is None

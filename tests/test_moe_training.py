@@ -103,11 +103,12 @@ def test_the_expert_bias_moves_by_load_alone_and_never_by_adamw():
     assert "moe_dropped_fraction" not in metrics  # dropless: nothing to report
 
 
-@pytest.mark.parametrize("objective", ["sft", "ar"])
+@pytest.mark.parametrize("objective", ["sft", "ar", "block_diffusion"])
 def test_every_objective_gets_the_router_penalty(objective):
+    """The penalty is added on top of each objective's own loss (block diffusion: both streams routed)."""
     from llada_jax.objectives.registry import compute_loss
 
-    extra = ("model.causal=True",) if objective == "ar" else ()
+    extra = {"ar": ("model.causal=True",), "block_diffusion": ("train.block_size=4",)}.get(objective, ())
     config = small_moe_config("model.moe.load_balance_coef=1.0", f"train.objective={objective}", *extra)
     trainer = Trainer(config, sharding.make_mesh({"data": 1, "fsdp": 1, "expert": 1, "tensor": 1},
                                                  jax.devices()[:1]))
