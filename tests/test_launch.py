@@ -82,7 +82,7 @@ def test_preflight_reports_sharded_memory(capsys):
     assert main(["preflight", f"--config={TINY}", "--json", *overrides, "--config.mesh.fsdp=1",
                  "--config.mesh.data=8"]) == 0
     replicated = json.loads(capsys.readouterr().out)
-    assert fsdp8["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and fsdp8["temp_bytes"] > 0
+    assert fsdp8["mesh"] == {"data": 1, "fsdp": 8, "expert": 1, "tensor": 1} and fsdp8["temp_bytes"] > 0
     # FSDP splits params and optimizer state 8 ways; data parallelism keeps a full copy per device
     assert replicated["arguments_bytes"] > 4 * fsdp8["arguments_bytes"]
 
