@@ -2,7 +2,7 @@
 
     python benchmarks/block_diffusion.py aot [--topology=v5p:4x4x4] [--seq-len=4096] [--block=32] [--per-chip=2]
     python benchmarks/block_diffusion.py quality [--task=sorting --size=4] [--steps=150] [--blocks=4,8]
-        [--n-train=4000 --n-test=200] [--ar-init] [--workdir=DIR] [--config.X=Y ...]
+        [--n-train=4000 --n-test=200] [--ar-init] [--curve-every=25 [--target=0.95]] [--workdir=DIR] [--config.X=Y ...]
 
 aot: compiles configs/llada_8b.py's train step for the topology through libtpu (no TPU needed), once with
 train.objective=block_diffusion at --block and once as LLaDA's MDM step at the same seq_len, and prints for each:
@@ -21,6 +21,8 @@ exact cache) and prints exact-match accuracy, eval loss and
 wall time per run. --ar-init first trains the same architecture autoregressively on the task (train.objective=ar,
 model.causal=True, the problems as plain documents) and starts every block-diffusion run from those params as they
 are (LLaDA2's AR-to-diffusion recipe at toy scale); its rows are added next to the ones from scratch.
+--curve-every=N keeps a checkpoint every N steps of each run and prints held-out accuracy at each, then the first
+step at which each run reaches --target (the AR init's claim: fewer steps to the same accuracy).
 """
 import argparse
 import json
@@ -105,19 +107,31 @@ def train_task(name, workdir, overrides, log):
     return summary
 
 
-def answer(workdir, test, block):
-    """Exact-match accuracy on the held-out problems of the model in workdir."""
+def answer(checkpoint, test, block):
+    """Exact-match accuracy on the held-out problems of a model (a params export or a checkpoint step)."""
     from llada_jax import sharding
     from llada_jax.data import synthetic_tasks
     from llada_jax.eval import generated_tasks as demo
     from llada_jax.inference.loader import InferenceModel
 
-    model = InferenceModel(os.path.join(workdir, "params"), mesh=sharding.make_mesh(
+    model = InferenceModel(checkpoint, mesh=sharding.make_mesh(
         {"data": 1, "fsdp": -1, "tensor": 1}))
     model.load(param_dtype=None)
     predictions = demo.solve(model.graphdef, model.params, model.mesh, model.vocab, [e.prompt for e in test],
                              seq_len=model.config.train.seq_len, mask_id=model.mask_id, block_size=block)
     return synthetic_tasks.exact_match(predictions, test)
+
+
+def curve(run_dir, test, block):
+    """[(step, accuracy)] over the run's kept checkpoint steps (--curve-every)."""
+    root = os.path.join(run_dir, "checkpoints")
+    steps = sorted(int(name) for name in os.listdir(root) if name.isdigit()) if os.path.isdir(root) else []
+    return [(step, answer(os.path.join(root, str(step)), test, block)) for step in steps]
+
+
+def first_step_at(points, accuracy):
+    """The first curve step reaching `accuracy`, or None."""
+    return next((step for step, value in points if value >= accuracy), None)
 
 
 def write_documents(path, examples):
@@ -135,6 +149,8 @@ def quality_runs(args, overrides, train, workdir):
 
     sft_file = demo.write_sft_jsonl(os.path.join(workdir, "task", "train.jsonl"), train)
     common = [f"data.path={sft_file}", f"train.steps={args.steps}", *overrides]
+    if args.curve_every:  # keep every checkpoint of the curve
+        common += [f"checkpoint.every_steps={args.curve_every}", "checkpoint.keep_last=0"]
     runs = [("full-sequence SFT (LLaDA)", common + ["train.objective=sft"], None)]
     for block in args.blocks:
         runs.append((f"block diffusion, block {block}", common + ["train.objective=block_diffusion",
@@ -154,19 +170,27 @@ def run_quality(args, overrides):
 
     workdir = args.workdir or os.path.join("/tmp", f"block_diffusion_quality_{os.getpid()}")
     train, test = synthetic_tasks.train_test_split(args.task, args.n_train, args.n_test, size=args.size)
-    rows = []
+    rows, curves = [], []
     for i, (name, run_overrides, block) in enumerate(quality_runs(args, overrides, train, workdir)):
         run_dir = os.path.join(workdir, f"run{i}")
         started = time.perf_counter()
         summary = train_task(name, run_dir, run_overrides, print)
         wall = time.perf_counter() - started
-        rows.append((name, answer(run_dir, test, block), summary["eval_loss"], wall))
+        rows.append((name, answer(os.path.join(run_dir, "params"), test, block), summary["eval_loss"], wall))
         print(f"{name}: {rows[-1][1]:.1%} of {len(test)} held-out problems", flush=True)
+        if args.curve_every:
+            points = curve(run_dir, test, block)
+            curves.append((name, points))
+            print(f"{name}: held-out accuracy by step " + ", ".join(f"{s} {a:.1%}" for s, a in points), flush=True)
     print(f"\ntask {args.task} size {args.size}, {args.steps} steps of configs/demo.py, {args.n_train} problems, "
           f"{len(test)} held out")
     print(f"{'objective':<48} {'accuracy':>8} {'eval loss':>9} {'wall s':>7}")
     for name, accuracy, loss, wall in rows:
         print(f"{name:<48} {accuracy:>8.1%} {loss:>9.4f} {wall:>7.0f}")
+    for name, points in curves:
+        reached = first_step_at(points, args.target)
+        print(f"{name:<48} first reaches {args.target:.0%} at step "
+              + (str(reached) if reached is not None else f"- (not within {args.steps})"))
 
 
 def main():
@@ -184,6 +208,9 @@ def main():
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--ar-init", action="store_true")
+    parser.add_argument("--curve-every", type=int, default=0,
+                        help="quality: keep a checkpoint every N steps and print held-out accuracy at each")
+    parser.add_argument("--target", type=float, default=0.95, help="quality: the accuracy the curves are read at")
     parser.add_argument("--workdir", default="")
     args, rest = parser.parse_known_args()
     overrides = [o[len("--config."):] if o.startswith("--config.") else o for o in rest]
