@@ -2,7 +2,7 @@
 
     python benchmarks/block_diffusion.py aot [--topology=v5p:4x4x4] [--seq-len=4096] [--block=32] [--per-chip=2]
     python benchmarks/block_diffusion.py quality [--task=sorting --size=4] [--steps=150] [--blocks=4,8]
-        [--n-train=4000 --n-test=200] [--ar-init] [--curve-every=25 [--target=0.95]] [--workdir=DIR] [--config.X=Y ...]
+        [--n-train=4000 --n-test=200] [--ar-init [--ar-steps=N]] [--curve-every=25 [--target=0.95]] [--workdir=DIR] [--config.X=Y ...]
 
 aot: compiles configs/llada_8b.py's train step for the topology through libtpu (no TPU needed), once with
 train.objective=block_diffusion at --block and once as LLaDA's MDM step at the same seq_len, and prints for each:
@@ -159,7 +159,7 @@ def quality_runs(args, overrides, train, workdir):
         docs = write_documents(os.path.join(workdir, "task", "documents.jsonl"), train)
         ar = os.path.join(workdir, "ar")
         train_task("autoregressive init", ar, [f"data.path={docs}", "data.source=jsonl", "train.objective=ar",
-                                               "model.causal=True", f"train.steps={args.steps}", *overrides], print)
+                                               "model.causal=True", f"train.steps={args.ar_steps or args.steps}", *overrides], print)
         for name, run_overrides, block in list(runs[1:]):
             runs.append((name + ", from the AR model", run_overrides + [f"train.init_from={ar}/params"], block))
     return runs
@@ -208,6 +208,7 @@ def main():
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--ar-init", action="store_true")
+    parser.add_argument("--ar-steps", type=int, default=0, help="quality: steps of the AR init (default: --steps)")
     parser.add_argument("--curve-every", type=int, default=0,
                         help="quality: keep a checkpoint every N steps and print held-out accuracy at each")
     parser.add_argument("--target", type=float, default=0.95, help="quality: the accuracy the curves are read at")
