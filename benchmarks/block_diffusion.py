@@ -2,14 +2,16 @@
 
     python benchmarks/block_diffusion.py aot [--topology=v5p:4x4x4] [--seq-len=4096] [--block=32] [--per-chip=2]
     python benchmarks/block_diffusion.py quality [--task=sorting --size=4] [--steps=150] [--blocks=4,8]
-        [--n-train=4000 --n-test=200] [--ar-init [--ar-steps=N]] [--curve-every=25 [--target=0.95]] [--workdir=DIR] [--config.X=Y ...]
+        [--n-train=4000 --n-test=200] [--ar-init [--ar-steps=N]] [--curve-every=25 [--target=0.95]]
+        [--workdir=DIR] [--config.X=Y ...]
 
 aot: compiles configs/llada_8b.py's train step for the topology through libtpu (no TPU needed), once with
 train.objective=block_diffusion at --block and once as LLaDA's MDM step at the same seq_len, and prints for each:
 whether it fits a chip at --per-chip sequences (XLA's memory analysis against the chip's HBM) and the largest batch
 that would, whether the splash kernel is in the program, whether any [.., 2L, 2L] (block diffusion) or [.., L, L]
 buffer exists (a scores-like shape, two or more leading dims; it cannot tell one from activations when d_model
-equals the column count, which the 8B shape does not do), XLA's FLOPs (cost analysis; it counts the scanned layer body once, so both steps are counted alike,
+equals the column count, which the 8B shape does not do), XLA's FLOPs (cost analysis; it counts the scanned layer
+body once, so both steps are counted alike,
 and the Pallas kernel's own FLOPs not at all) and the analytic FLOPs per token (the objective's accounting, with the
 attention pairs the mask allows). Also the splash tiles the block mask keeps.
 
@@ -159,7 +161,8 @@ def quality_runs(args, overrides, train, workdir):
         docs = write_documents(os.path.join(workdir, "task", "documents.jsonl"), train)
         ar = os.path.join(workdir, "ar")
         train_task("autoregressive init", ar, [f"data.path={docs}", "data.source=jsonl", "train.objective=ar",
-                                               "model.causal=True", f"train.steps={args.ar_steps or args.steps}", *overrides], print)
+                                               "model.causal=True", f"train.steps={args.ar_steps or args.steps}",
+                                               *overrides], print)
         for name, run_overrides, block in list(runs[1:]):
             runs.append((name + ", from the AR model", run_overrides + [f"train.init_from={ar}/params"], block))
     return runs
