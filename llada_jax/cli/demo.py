@@ -51,9 +51,9 @@ def run(args, overrides) -> int:
     model = InferenceModel(os.path.join(os.path.abspath(args.workdir), "params"), mesh=sharding.make_mesh(config.mesh))
     model.load(param_dtype=None)  # the trained float32 params, as the training run evaluated them
     t = model.config.train
-    # a block-diffusion model decodes as `llada-jax sample` does, block by block (model.block_size); a block of the
-    # whole row is LLaDA's sampler
-    block = model.block_size if model.block_size is not None and model.block_size < t.seq_len else None
+    # a block-diffusion model decodes as `llada-jax sample` does, block by block; model.block_size is None for a
+    # full-sequence model, a block of the whole row included (config.decode_block_size), which LLaDA's sampler decodes
+    block = model.block_size
     with progress.timed(f"demo: answering the {len(test)} held-out problems with the reverse process"
                         + (f" in blocks of {block}" if block else "") + " (compiling the sampler first)"):
         predictions = demo.solve(model.graphdef, model.params, model.mesh, model.vocab, [e.prompt for e in test],
