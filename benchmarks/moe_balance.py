@@ -2,10 +2,15 @@
 trained twice on CPython's documentation, with the expert bias moved by load and without it; prints the worst
 layer's max/mean expert load (1.0 is perfect balance) over the run and at its end.
 
-    python benchmarks/moe_balance.py [--steps=300] [--rate=0.01] [--config.train.objective=ar ...]
+    python benchmarks/moe_balance.py [--steps=300] [--rate=0.01] [--probe] [--config.train.objective=ar ...]
 
 The end figure is the mean over the last --tail logged steps (single steps are noisy). Each run goes through
 `llada-jax train`'s loop into a temporary workdir and reads its metrics.jsonl.
+
+--probe looks inside the balanced run's final model: it routes one training batch masked at fixed ratios (0.1,
+0.5, 0.9) and prints, per MoE layer, the max/mean load, the experts masked and unmasked tokens chose, and how much
+the router's logits vary over tokens of each kind (what masked diffusion does to routing, which a load figure
+cannot tell).
 """
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ TOY = ["model.d_model=64", "model.n_layers=3", "model.n_heads=4", "model.n_kv_he
        "mesh.data=1", "mesh.tensor=1", "mesh.expert=1"]
 
 
-def run(steps: int, bias: bool, rate: float, overrides=()) -> list[float]:
-    """The worst layer's max/mean load at every logged step of one toy run."""
+def run(steps: int, bias: bool, rate: float, overrides=(), probe: bool = False) -> list[float]:
+    """The worst layer's max/mean load at every logged step of one toy run (with `probe`, probe_routing's report
+    on its final model is printed first)."""
     from llada_jax.config import load_config
     from llada_jax.training import loop
 
@@ -36,9 +42,58 @@ def run(steps: int, bias: bool, rate: float, overrides=()) -> list[float]:
                                 f"model.moe.bias_update_rate={rate}", *overrides])
     with tempfile.TemporaryDirectory() as workdir:
         loop.run(config, workdir, quiet=True)
+        if probe:
+            probe_routing(config, os.path.join(workdir, "params"))
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]
     return [r["moe_worst_load"] for r in records if "moe_worst_load" in r]
+
+
+def probe_routing(config, params_dir: str, ratios=(0.1, 0.5, 0.9)) -> None:
+    """Routes one training batch of the trained model, masked at each fixed ratio, and prints per MoE layer the
+    load of masked and of unmasked tokens per expert and the standard deviation of router logits over tokens."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from llada_jax.checkpoints import params_export
+    from llada_jax.data import pipeline
+    from llada_jax.models import moe_dispatch
+    from llada_jax.models import registry as model_lib
+    from llada_jax.objectives import masking
+
+    graphdef, params, _ = params_export.load_model(params_dir)
+    seen = []
+    route = moe_dispatch.route
+
+    def recording_route(x, router_w, bias, moe, valid=None):  # the dispatch's router, with its choices copied out
+        routing = route(x, router_w, bias, moe, valid)
+        jax.debug.callback(lambda e, lg: seen.append((np.asarray(e), np.asarray(lg))), routing.experts,
+                           routing.logits)
+        return routing
+
+    batches, _, _ = pipeline.build(config, 0, 1)
+    tokens = jnp.asarray(next(iter(batches))["tokens"])
+    moe_dispatch.route = recording_route
+    try:
+        for ratio in ratios:
+            seen.clear()
+            noisy, masked, _ = masking.forward_process(jax.random.key(1), tokens, config.model.mask_token_id,
+                                                       config.train.mask_eps, t=jnp.full(tokens.shape[:1], ratio))
+            jax.block_until_ready(model_lib.apply_head(graphdef, params, noisy).hidden)
+            is_masked = np.asarray(masked).reshape(-1)
+            for layer, (experts, logits) in enumerate(seen):
+                experts, logits = experts.reshape(is_masked.size, -1), logits.reshape(is_masked.size, -1)
+                n = logits.shape[-1]
+                by_mask = np.bincount(experts[is_masked].ravel(), minlength=n)
+                by_clean = np.bincount(experts[~is_masked].ravel(), minlength=n)
+                load = by_mask + by_clean
+                print(f"  probe, {ratio:.0%} masked, MoE layer {layer}: max/mean {load.max() / load.mean():.2f} | "
+                      f"masked tokens' experts {by_mask.tolist()} | unmasked {by_clean.tolist()} | router logit "
+                      f"std over tokens: masked {logits[is_masked].std(0).mean():.3f}, "
+                      f"unmasked {logits[~is_masked].std(0).mean():.3f}", flush=True)
+    finally:
+        moe_dispatch.route = route
 
 
 def main(argv=None) -> int:
@@ -46,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rate", type=float, default=0.01, help="model.moe.bias_update_rate of the balanced run")
     parser.add_argument("--tail", type=int, default=10, help="logged steps averaged for the end figure")
+    parser.add_argument("--probe", action="store_true", help="route a batch of the balanced run's final model "
+                        "at fixed mask ratios and print what masked and unmasked tokens chose")
     args, extra = parser.parse_known_args(argv)
     overrides = [o.removeprefix("--config.") for o in extra]
     import jax
@@ -53,7 +110,7 @@ def main(argv=None) -> int:
     print(f"toy MoE: 8 experts, top 2, sigmoid router, {args.steps} steps of 16 x 64 tokens on "
           f"{jax.devices()[0].device_kind}" + (f" ({' '.join(overrides)})" if overrides else ""))
     for bias in (True, False):
-        loads = run(args.steps, bias, args.rate, overrides)
+        loads = run(args.steps, bias, args.rate, overrides, probe=args.probe and bias)
         end = sum(loads[-args.tail:]) / len(loads[-args.tail:])
         name = f"expert bias (rate {args.rate:g})" if bias else "no balancing     "
         print(f"{name}: worst layer max/mean load at step 5 {loads[0]:.2f}, max over the run {max(loads):.2f}, "
