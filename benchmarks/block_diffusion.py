@@ -25,6 +25,11 @@ model.causal=True, the problems as plain documents) and starts every block-diffu
 are (LLaDA2's AR-to-diffusion recipe at toy scale); its rows are added next to the ones from scratch.
 --curve-every=N keeps a checkpoint every N steps of each run and prints held-out accuracy at each, then the first
 step at which each run reaches --target (the AR init's claim: fewer steps to the same accuracy).
+Curves inside one run mostly follow its learning-rate schedule, so the AR init's step count is best read from
+whole runs of N steps; the README's comparison uses LLaDA2's recipe for the continued runs (a short warmup and a
+block-size curriculum from 1): `quality --steps=40 --blocks=4 --ar-init --ar-steps=1500
+--config.optimizer.warmup_steps=5 --config.train.block_schedule=1:0.3,4:0.7` (the overrides reach every run; the AR
+and full-sequence runs ignore the block fields).
 """
 import argparse
 import json
