@@ -1,5 +1,7 @@
 """Shared test fixtures: a tiny config built through the same loader and overrides users have."""
+import importlib.util
 import os
+import sys
 
 from llada_jax.config import load_config
 
@@ -62,3 +64,13 @@ MOE_MODEL = [
 def small_moe_config(*overrides: str):
     """small_config() as a llada2_moe model (float32, so 8 devices and 1 agree to rounding)."""
     return small_config(*MOE_MODEL, "model.dtype=float32", *overrides)
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (the scripts are not a package); registered in sys.modules first,
+    since dataclasses look their module up there."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """benchmarks/device_check.py, the command a lent GPU runs first: every row runs at toy shapes here, and a row
 that crashes is marked in the table and fails the exit code (never skipped silently)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,17 +7,13 @@ import sys
 
 import pytest
 
-from helpers import ROOT, xla_flags
+from helpers import ROOT, load_benchmark, xla_flags
 
 CHECK = os.path.join(ROOT, "benchmarks", "device_check.py")
 
 
 def load_check():
-    spec = importlib.util.spec_from_file_location("device_check", CHECK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("device_check")
 
 
 @pytest.mark.slow

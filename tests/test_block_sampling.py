@@ -203,16 +203,11 @@ def test_exact_cache_on_a_full_sequence_model_is_refused(model):
 def test_benchmark_script_runs_both_tables_at_toy_shapes(tmp_path, capsys):
     """benchmarks/block_sampling.py: the speed table (the exact cache equal to recomputing, token for token) and
     the accuracy table on a full-sequence and a block-diffusion checkpoint."""
-    import importlib.util
-    import os
-
     from llada_jax.checkpoints import params_export
 
-    from helpers import ROOT
+    from helpers import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("block_bench", os.path.join(ROOT, "benchmarks", "block_sampling.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("block_sampling")
     toy = ["--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.mlp_hidden=64"]
     rows = bench.main(["--prompt-length=5", "--gen-length=8", "--steps=8", "--block-length=4", "--repeats=1", *toy])
     assert [r["mode"] for r in rows][-1] == "block, exact cache" and rows[-1]["same"] == 1.0

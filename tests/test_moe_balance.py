@@ -1,23 +1,12 @@
 """benchmarks/moe_balance.py's --probe: the routing it reports is the model's own (every routed assignment of the
 batch counted once, split by whether the token was masked at the asked ratio)."""
-import importlib.util
-import os
 import re
-import sys
 
-from helpers import ROOT
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("moe_balance", os.path.join(ROOT, "benchmarks", "moe_balance.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_probe_counts_every_assignment_of_the_batch_by_masked_and_unmasked_tokens(capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("moe_balance")
     route_before = bench_route()
     assert bench.main(["--steps=2", "--tail=1", "--probe", "--config.mesh.fsdp=-1"]) == 0
     assert bench_route() is route_before  # the recording router is taken out again

@@ -1,29 +1,16 @@
 """No wasted compute: the compiled train step of a 64-expert top-8 model costs (XLA's cost analysis, layers unrolled)
 at most 1.3x the active-parameter model FLOPs on the CPU's grouped matmul; JAX's dense decomposition of ragged_dot
 on CPU costs many times that, so the check can fail (benchmarks/moe_flops.py prints the figures)."""
-import importlib.util
-import os
-import sys
-
 import pytest
 
-from helpers import ROOT
+from helpers import load_benchmark
 
 SMALLER = ("model.d_model=128", "model.n_layers=2", "train.seq_len=128", "model.max_seq_len=128")
 
 
-def load_benchmark():
-    path = os.path.join(ROOT, "benchmarks", "moe_flops.py")
-    spec = importlib.util.spec_from_file_location("moe_flops", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_compiled_step_flops_stay_within_1_3x_of_the_active_parameter_flops():
-    bench = load_benchmark()
+    bench = load_benchmark("moe_flops")
     grouped = bench.measure(64, 8, "tiled", extra=SMALLER)
     assert grouped["total_params"] > 5 * grouped["active_params"]  # most experts idle for any one token
     assert grouped["ratio"] <= 1.3, grouped
