@@ -187,6 +187,16 @@ def count_skip(s: Session, flag, done: int) -> None:
         )
 
 
+def compiling_step(s: Session, batch, step: int, announce: str, since: float) -> None:
+    """Runs a step whose program compiles first, saying so (big models compile for minutes) and how long it took
+    since `since`; tokens/s then counts the steps after it."""
+    s.log.print(announce)
+    with heartbeat("still compiling the train step", s.log.print):
+        s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch, step))
+    s.log.print(f"compiled and ran step {step + 1} in {time.perf_counter() - since:.1f} s")
+    s.clock = (time.perf_counter(), step + 1)
+
+
 def train_one_step(s: Session, step: int) -> int:
     """Runs step `step`; the previous step's skip flag is read now, so the host never waits for the step it
     just queued (the last step's flag is read at once)."""
@@ -196,18 +206,10 @@ def train_one_step(s: Session, step: int) -> int:
     done = step + 1
     block_size = s.trainer.block_size_at(step)
     if step == s.start_step:
-        s.log.print("compiling the train step (the first step waits for it) ...")
-        with heartbeat("still compiling the train step", s.log.print):  # big models compile for minutes
-            s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch, step))
-        s.log.print(f"compiled and ran step {done} in {time.perf_counter() - s.started:.1f} s")
-        s.clock = (time.perf_counter(), done)  # tokens/s counts the steps after compiling
+        compiling_step(s, batch, step, "compiling the train step (the first step waits for it) ...", s.started)
     elif block_size != s.block_size and not s.trainer.has_compiled(block_size):
-        s.log.print(f"block size {s.block_size} -> {block_size} from step {done}: compiling its step (once) ...")
-        began = time.perf_counter()
-        with heartbeat("still compiling the train step", s.log.print):
-            s.state, s.metrics = jax.block_until_ready(s.trainer.step(s.state, batch, step))
-        s.log.print(f"compiled and ran step {done} in {time.perf_counter() - began:.1f} s")
-        s.clock = (time.perf_counter(), done)
+        compiling_step(s, batch, step, f"block size {s.block_size} -> {block_size} from step {done}: compiling its "
+                       "step (once) ...", time.perf_counter())
     else:
         if block_size != s.block_size:
             s.log.print(f"block size {s.block_size} -> {block_size} from step {done} (its step is compiled already)")
