@@ -164,6 +164,41 @@ def test_a_truncated_step_is_skipped_without_the_storage_librarys_traces(tiny_ra
     assert not any(noise in err for noise in STORAGE_NOISE), err[-3000:]
 
 
+ORPHANED_FUTURES = """
+import asyncio, gc, logging, sys
+from llada_jax.utils import library_noise
+logging.basicConfig()
+library_noise.log_to(sys.argv[1])
+
+async def orphan(text):
+    # as TensorStore does from C++: an exception set on a future, no Python frame raised it
+    asyncio.get_running_loop().create_future().set_exception(ValueError(text))
+
+async def main():
+    await orphan('RESOURCE_EXHAUSTED: Error writing "x" in OCDBT database: No space left on device')
+    await orphan("a user's own future failed")
+    try:
+        raise ValueError("UNAVAILABLE: raised by Python code, so it has a traceback")
+    except ValueError as e:
+        asyncio.get_running_loop().create_future().set_exception(e)
+
+asyncio.run(main())
+gc.collect()
+"""
+
+
+def test_asyncio_reports_of_storage_futures_nobody_collected_go_to_the_log_file(tmp_path):
+    """CI's full disk: Orbax abandoned the futures of the fragments it no longer waited for, and asyncio
+    printed each ("Future exception was never retrieved") after the sentence. Only TensorStore's go to the log."""
+    sink = tmp_path / "storage-errors.log"
+    proc = subprocess.run([sys.executable, "-c", ORPHANED_FUTURES, str(sink)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESOURCE_EXHAUSTED" not in proc.stderr and "No space left on device" in sink.read_text()
+    assert proc.stderr.count("Future exception was never retrieved") == 2, proc.stderr  # the two not TensorStore's
+    assert "a user's own future failed" in proc.stderr and "raised by Python code" in proc.stderr
+
+
 def test_no_restorable_step_is_one_sentence_listing_why_and_every_step_is_set_aside(run_copy, capsys):
     for step in (1, 2, 3, 4):
         _missing_item(run_copy / "checkpoints" / str(step))

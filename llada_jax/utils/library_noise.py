@@ -2,8 +2,9 @@
 
 When a checkpoint write fails (disk full, read-only storage) or a damaged checkpoint is read, Orbax logs the
 failure with a traceback from its threads, TensorStore's callbacks reach asyncio loops Orbax has already closed
-("Event loop is closed"), and reads or writes that never finished are reported as their coroutines are garbage
-collected, some at interpreter exit. llada_jax says what happened in one sentence (the step, the cause, what to
+("Event loop is closed"), reads or writes that never finished are reported as their coroutines are garbage
+collected, some at interpreter exit, and asyncio logs the failed writes whose errors Orbax never collected
+("Future exception was never retrieved"). llada_jax says what happened in one sentence (the step, the cause, what to
 do), so these go to a log file (`WORKDIR/storage-errors.log` during training) or nowhere; every other log
 record and unraisable error is shown as before. LLADA_JAX_STORAGE_TRACES=1 shows them all.
 """
@@ -19,6 +20,11 @@ import traceback
 
 ENV_VAR = "LLADA_JAX_STORAGE_TRACES"
 _LIBRARIES = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorstore{os.sep}")
+# absl status codes: TensorStore's errors are ValueErrors whose text starts with one ("RESOURCE_EXHAUSTED: ...")
+_STATUS_CODES = frozenset({"CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                           "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                           "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                           "UNAUTHENTICATED"})
 _lock = threading.Lock()
 _state = {"installed": False, "sink": None}
 
@@ -43,6 +49,26 @@ def is_storage_noise(exc: BaseException | None, obj=None) -> bool:
     return exc is not None and any(_from_storage(name) for name in _frames(exc.__traceback__))
 
 
+def is_tensorstore_error(exc: BaseException | None) -> bool:
+    """Whether `exc` was set by TensorStore's C++ side on an asyncio future: a ValueError with no Python frames
+    whose text starts with an absl status code. Nothing in Python raised it, so no traceback names the library."""
+    return (isinstance(exc, ValueError) and exc.__traceback__ is None
+            and str(exc).split(":", 1)[0] in _STATUS_CODES)
+
+
+def is_storage_record(record: logging.LogRecord) -> bool:
+    """Whether a warning or error record is the storage libraries' own: logged from their files, or asyncio
+    reporting a storage future, task or coroutine that failed or was abandoned with nobody left to collect it."""
+    if record.levelno < logging.WARNING:
+        return False
+    if _from_storage(record.pathname or ""):
+        return True
+    if record.name != "asyncio":
+        return False
+    exc = record.exc_info[1] if record.exc_info else None
+    return is_storage_noise(exc) or is_tensorstore_error(exc) or _from_storage(record.getMessage())
+
+
 def _to_sink(text: str) -> None:
     path = _state["sink"]
     if path is None:
@@ -58,7 +84,7 @@ class _StorageRecords(logging.Filter):
     """Passes every log record except the storage libraries' warnings and errors, which go to the sink."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or not _from_storage(record.pathname or ""):
+        if not is_storage_record(record):
             return True
         text = record.getMessage()
         if record.exc_info:
@@ -89,7 +115,8 @@ def install() -> None:
         if _state["installed"] or os.environ.get(ENV_VAR, "") not in ("", "0"):
             return
         _state["installed"] = True
-        logging.getLogger("absl").addFilter(_StorageRecords())
+        for name in ("absl", "asyncio"):  # Orbax logs through absl; asyncio reports futures nobody collected
+            logging.getLogger(name).addFilter(_StorageRecords())
         sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
 
 
@@ -97,7 +124,6 @@ def log_to(path) -> None:
     """Where the storage libraries' own messages go from now on (None: nowhere)."""
     install()
     _state["sink"] = None if path is None else os.fspath(path)
-
 
 
 def flush() -> None:
