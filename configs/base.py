@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.rms_norm_eps = 1e-5
     c.model.init_std = 0.02
     c.model.causal = False  # True: the autoregressive baseline used in scaling sweeps
+    # Read the prediction for position i from the hidden state at i - 1, as an AR model does (Dream's shift): an
+    # AR checkpoint continued with block diffusion then starts out predicting what it already knew. Block
+    # diffusion only (objectives/block_diffusion.py; models/logit_shift.py says which state is used where).
+    c.model.logit_shift = False
     c.model.dtype = "bfloat16"  # compute dtype; params stay in param_dtype
     c.model.param_dtype = "float32"
     c.model.scan_layers = True  # lax.scan over the stacked layers (fast compiles) or an unrolled loop

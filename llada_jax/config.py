@@ -99,6 +99,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     init_std: float = 0.02
     causal: bool = False
+    logit_shift: bool = False
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     scan_layers: bool = True
@@ -383,6 +384,20 @@ def validate_train(t, mc: ModelConfig) -> None:
         raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
     if t.objective == "block_diffusion":
         validate_block_diffusion(t)
+    if mc.logit_shift:
+        validate_logit_shift(t)
+
+
+def validate_logit_shift(t) -> None:
+    """A shifted model is trained and decoded in blocks: the full-sequence objectives and sampler read the
+    prediction for a position from that position."""
+    if t.objective != "block_diffusion":
+        raise ConfigError(f"model.logit_shift=True is built for train.objective='block_diffusion', not "
+                          f"{t.objective!r}; set the objective or model.logit_shift=False")
+    if decode_block_size({"train": t}) is None:
+        raise ConfigError("model.logit_shift=True needs a final block size below train.seq_len (a shifted model "
+                          "decodes block by block); end train.block_schedule, or set train.block_size, below "
+                          f"{t.seq_len}")
 
 
 def validate_block_diffusion(t) -> None:

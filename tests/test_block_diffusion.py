@@ -209,6 +209,55 @@ def test_noise_per_block_or_per_row_within_the_range():
     np.testing.assert_allclose(fixed, (1 - 1e-3) * 0.5 + 1e-3)
 
 
+def test_shifted_block_one_is_the_autoregressive_loss_and_gradients(model):
+    """model.logit_shift at block size 1, everything masked: each token is predicted from the clean stream's
+    state one position earlier, which sees exactly the tokens before it. That is the AR objective of the same
+    weights run causally: the same CE sum, count and gradients (an AR checkpoint starts where it left off)."""
+    _, params = model
+    batch = {"tokens": tokens(), "t": jnp.ones((8,))}
+    common = (*F32, "train.random_length_fraction=0")
+    shifted = small_config(*common, "train.objective=block_diffusion", "train.block_size=1",
+                           "model.logit_shift=True", "train.block_weighting=mean")
+    causal = small_config(*common, "train.objective=ar", "model.causal=True")
+    graph = lambda config: M.graphdef(ModelConfig.from_config(config.model))  # noqa: E731
+    (bd_loss, bd_aux), bd_grads = loss_and_grads((graph(shifted), params), shifted, batch, jax.random.key(1))
+    (ar_loss, ar_aux), ar_grads = loss_and_grads((graph(causal), params), causal, batch, jax.random.key(1))
+    assert float(bd_aux["loss_weight"]) == float(ar_aux["loss_weight"]) == 8 * 15  # position 0 has no predecessor
+    np.testing.assert_allclose(bd_loss, ar_loss, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(bd_grads), jax.tree.leaves(ar_grads)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(y))))
+
+
+def test_shifted_predictions_come_from_the_position_before(model):
+    """Block 4 with the shift: a block's first position is predicted by the clean stream's previous position
+    (the clean sequence's block-causal state there: it sees every clean token before the block), the others by the
+    noisy stream's previous position; a packed document's first token is never a target."""
+    graphdef, params = model
+    mask_id = small_config().model.mask_token_id
+    clean = tokens(batch=1, seed=5)
+    noisy = clean.at[0, 5:7].set(mask_id).at[0, 8:].set(mask_id)
+    seg = jnp.ones_like(clean)
+    both = BD.two_stream_head(graphdef, params, noisy, clean, seg, 4)
+    shifted = BD.two_stream_head(graphdef, params, noisy, clean, seg, 4, shift=True)
+    block_causal = M.apply_head(graphdef, params, clean, attention_pattern=BD.BlockPattern(4)).hidden
+    np.testing.assert_allclose(shifted.hidden[0, 4::4], block_causal[0, 3:-1:4], atol=1e-5)
+    inside = [i for i in range(1, 16) if i % 4]
+    np.testing.assert_allclose(shifted.hidden[0, inside], both.hidden[0, [i - 1 for i in inside]], atol=1e-6)
+    segments = jnp.asarray([[1] * 6 + [2] * 7 + [0] * 3], jnp.int32)
+    from llada_jax.models import logit_shift
+    assert np.flatnonzero(~np.asarray(logit_shift.predictable(segments))[0]).tolist() == [0, 6, 13, 14, 15]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("train.objective=mdm",), "model.logit_shift=True is built for train.objective='block_diffusion'"),
+    (("train.objective=block_diffusion", "train.block_size=64"), "needs a final block size below"),
+    (("train.objective=block_diffusion", "train.block_schedule=4:0.5,4096:0.5"), "needs a final block size below"),
+])
+def test_logit_shift_outside_block_decoding_is_one_sentence(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(small_config("model.logit_shift=True", *overrides))
+
+
 def test_block_schedule_phases_and_llada2_shape():
     t = small_config("train.objective=block_diffusion", "train.seq_len=64", "model.max_seq_len=64",
                      "train.steps=100", "train.block_schedule=1:0.05,4:0.05,32:0.1,4096:0.6,32:0.2").train

@@ -2,6 +2,7 @@
 the block's end, that block noised), the per-block mask counts, the Monte Carlo mean against the bound computed
 by enumeration, block size >= the sequence giving the full-sequence scorer's values, and `score` on a
 block-diffusion checkpoint."""
+import dataclasses
 import itertools
 import json
 import math
@@ -23,6 +24,7 @@ CFG = ModelConfig(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4
                   dtype="float32", init_std=0.3)
 MASK = 47
 GRAPHDEF = M.graphdef(CFG)
+SHIFTED = M.graphdef(dataclasses.replace(CFG, logit_shift=True))  # the same params, read one position earlier
 PARAMS = M.init_params(CFG, 3)
 BLOCK = 2
 PROMPT, ANSWER = [5, 9, 14], [2, 30, 11, 7]  # answer positions 3 | 4 5 | 6: blocks 1 (shared with the prompt), 2, 3
@@ -35,14 +37,15 @@ def block_causal_log_probs(tokens):
     return jax.nn.log_softmax(logits.astype(jnp.float64) if jax.config.jax_enable_x64 else logits, axis=-1)
 
 
-def block_term(seq, block, subset):
+def block_term(seq, block, subset, shift=False):
     """Sum of the CE at `subset` (positions of `block`) with that block noised and the sequence cut at its end:
-    the block denoised given the clean blocks before it, in one stream."""
+    the block denoised given the clean blocks before it, in one stream (`shift`: position i read at i - 1, where
+    the previous block's last position sees only clean tokens)."""
     end = min((block + 1) * BLOCK, len(seq))
     x = np.array(seq[:end])
     x[list(subset)] = MASK
     log_probs = np.asarray(block_causal_log_probs(jnp.asarray(x[None], jnp.int32)), np.float64)[0]
-    return -sum(log_probs[i, seq[i]] for i in subset)
+    return -sum(log_probs[i - shift, seq[i]] for i in subset)
 
 
 def answer_blocks(prompt, answer):
@@ -51,12 +54,12 @@ def answer_blocks(prompt, answer):
     return {b: [i for i in positions if i // BLOCK == b] for b in sorted({i // BLOCK for i in positions})}
 
 
-def reference_value(seq, prompt, answer, masked_row):
+def reference_value(seq, prompt, answer, masked_row, shift=False):
     """One row's estimate: sum over blocks of (n_b / l_b) * the masked CE of block b."""
     total = 0.0
     for block, positions in answer_blocks(prompt, answer).items():
         subset = [i for i in positions if masked_row[i]]
-        total += len(positions) / len(subset) * block_term(seq, block, subset)
+        total += len(positions) / len(subset) * block_term(seq, block, subset, shift)
     return total
 
 
@@ -71,7 +74,8 @@ def exact_bound():
     return total
 
 
-def test_row_values_equal_one_pass_per_block():
+@pytest.mark.parametrize("shift", [False, True])
+def test_row_values_equal_one_pass_per_block(shift):
     seq = PROMPT + ANSWER
     total = 16  # padded, as the scorer pads to a bucket
     masks = np.asarray(likelihood.sample_masks(jax.random.key(4), 6, total, len(PROMPT), len(ANSWER),
@@ -79,9 +83,9 @@ def test_row_values_equal_one_pass_per_block():
     rows = np.zeros((6, total), np.int32)
     rows[:, :len(seq)] = seq
     got = np.asarray(block_likelihood.block_rows_nll(
-        GRAPHDEF, PARAMS, jnp.asarray(rows), jnp.asarray(masks), jnp.full((6,), 3), jnp.full((6,), 4), window=4,
-        mask_id=MASK, block_size=BLOCK))
-    want = [reference_value(seq, PROMPT, ANSWER, m) for m in masks]
+        SHIFTED if shift else GRAPHDEF, PARAMS, jnp.asarray(rows), jnp.asarray(masks), jnp.full((6,), 3),
+        jnp.full((6,), 4), window=4, mask_id=MASK, block_size=BLOCK))
+    want = [reference_value(seq, PROMPT, ANSWER, m, shift) for m in masks]
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 

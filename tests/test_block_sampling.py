@@ -17,13 +17,24 @@ MASK = 259
 BLOCK = 4
 
 
-@pytest.fixture(scope="module")
-def model():
+def block_model(*overrides):
     """A small block-diffusion model with weights scaled up, so predictions are confident and distinct."""
-    config = small_config("model.dtype=float32", "train.objective=block_diffusion", f"train.block_size={BLOCK}")
+    config = small_config("model.dtype=float32", "train.objective=block_diffusion", f"train.block_size={BLOCK}",
+                          *overrides)
     cfg = ModelConfig.from_config(config.model)
     params = jax.tree.map(lambda a: a * 5.0 if a.ndim > 1 else a, M.init_params(cfg, 0))
     return M.graphdef(cfg), params, cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    return block_model()
+
+
+@pytest.fixture(scope="module")
+def shifted_model():
+    """The same weights read with model.logit_shift: column i predicted from column i - 1."""
+    return block_model("model.logit_shift=True")
 
 
 def numpy_block_causal(q_block, kv_block, q_seg, kv_seg):
@@ -88,10 +99,11 @@ def block_causal_logits(graphdef, params, tokens):
     return M.apply(graphdef, params, tokens, visibility=(rank, rank, jnp.full_like(rank, 2 ** 30)))
 
 
-def reference_row(graphdef, params, prompt, *, gen_length, steps_per_block, threshold=None):
+def reference_row(graphdef, params, prompt, *, gen_length, steps_per_block, threshold=None, shift=False):
     """One prompt decoded as LLaDA2's generate does: the sequence is the prompt then masks up to a block
     boundary, each block decoded with the sequence cut at its end and recomputed at every step, greedy; masks
-    after the answer are never revealed (they stay noise, where LLaDA2 reveals and drops them)."""
+    after the answer are never revealed (they stay noise, where LLaDA2 reveals and drops them). With `shift`
+    a column's logits are those of the column before it (Dream's generate)."""
     n = len(prompt)
     total = -(-(n + gen_length) // BLOCK) * BLOCK
     x = np.array(list(prompt) + [MASK] * (total - n), np.int32)
@@ -104,7 +116,10 @@ def reference_row(graphdef, params, prompt, *, gen_length, steps_per_block, thre
             current = x[end - BLOCK:end]
             if not np.any((current == MASK) & answer):
                 break
-            logits = block_causal_logits(graphdef, params, jnp.asarray(x[None, :end]))[:, end - BLOCK:]
+            logits = block_causal_logits(graphdef, params, jnp.asarray(x[None, :end]))
+            if shift:  # column 0 has nothing before it (it is always prompt)
+                logits = jnp.pad(logits[:, :-1], ((0, 0), (1, 0), (0, 0)))
+            logits = logits[:, end - BLOCK:]
             pred = rules.predict(logits, None, 0.0, MASK)
             conf = rules.confidence(logits, pred, None, "low_confidence")
             conf = jnp.where(jnp.asarray((current == MASK) & answer)[None], conf, -jnp.inf)
@@ -117,9 +132,10 @@ def reference_row(graphdef, params, prompt, *, gen_length, steps_per_block, thre
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [1, 2, 3, 4, 5, 6, 7, 8], [42]]  # mid-block, short, aligned, one token
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("rule", [dict(steps=8), dict(steps=16), dict(steps=8, threshold=0.3)])
-def test_cached_block_sampler_equals_recomputing_everything_and_the_one_row_reference(model, rule):
-    graphdef, params, _ = model
+def test_cached_block_sampler_equals_recomputing_everything_and_the_one_row_reference(request, rule, shift):
+    graphdef, params, _ = request.getfixturevalue("shifted_model" if shift else "model")
     ids, valid = sampling.left_pad(PROMPTS, 0)
     outputs = {}
     for cache in ("exact", "none"):
@@ -131,7 +147,7 @@ def test_cached_block_sampler_equals_recomputing_everything_and_the_one_row_refe
     spb = block_sampling.steps_per_block(8, rule["steps"], BLOCK)
     for row, prompt in enumerate(PROMPTS):
         want = reference_row(graphdef, params, prompt, gen_length=8, steps_per_block=spb,
-                             threshold=rule.get("threshold"))
+                             threshold=rule.get("threshold"), shift=shift)
         assert list(outputs["exact"][row, ids.shape[1]:]) == want, f"row {row}"
         np.testing.assert_array_equal(outputs["exact"][row, :ids.shape[1]], np.asarray(ids[row]))
 
@@ -143,6 +159,15 @@ def test_sampling_with_temperature_and_random_remasking_is_the_same_with_and_wit
         graphdef, params, ids, valid, jax.random.key(3), gen_length=8, steps=8, block_length=BLOCK, mask_id=MASK,
         temperature=0.8, remasking="random", cache=cache, block_diffusion=True)[0])
     np.testing.assert_array_equal(run("exact"), run("none"))
+
+
+def test_a_shifted_model_answers_differently(model, shifted_model):
+    """The shift is used at all: the same weights read one column earlier decode other tokens."""
+    ids, valid = sampling.left_pad(PROMPTS, 0)
+    run = lambda m: np.asarray(sampling.generate(  # noqa: E731
+        m[0], m[1], ids, valid, jax.random.key(0), gen_length=8, steps=8, block_length=BLOCK, mask_id=MASK,
+        cache="exact", block_diffusion=True)[0])
+    assert (run(model) != run(shifted_model)).any()
 
 
 def test_the_cache_recomputes_only_the_current_block(model):

@@ -87,18 +87,35 @@ def test_block_diffusion_model_from_qwen_exports_back_to_qwen_names(tmp_path, na
     assert np.abs(hf_logits(back.eval(), TOKENS) - hf_logits(model, TOKENS)).max() < 1e-5
 
 
-def test_dense_block_diffusion_model_exports_in_the_llada_format_with_its_block_size(tmp_path):
-    config = small_config("train.objective=block_diffusion", "train.block_size=4")
+def test_an_ar_checkpoint_imports_as_a_shifted_block_diffusion_init(tmp_path, capsys):
+    """The AR-to-diffusion recipe with model.logit_shift: the import keeps the flag, and refuses it in one sentence
+    where nothing would decode it block by block."""
+    _, folder = hf_model(tmp_path, "qwen3")
+    capsys.readouterr()  # transformers' own progress bars while the test writes the folder
+    shift = ["--config.model.logit_shift=true", "--config.model.dtype=float32"]
+    assert main(["convert", "from-hf", f"--hf-dir={folder}", f"--out={tmp_path / 'mdm'}", *shift]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "model.logit_shift=True needs block decoding" in err
+    assert not (tmp_path / "mdm").exists()
+    assert main(["convert", "from-hf", f"--hf-dir={folder}", f"--out={tmp_path / 'ckpt'}", *shift,
+                 "--config.train.objective=block_diffusion", "--config.train.block_size=4"]) == 0
+    _, config = params_export.load_params(tmp_path / "ckpt")
+    assert config.model.logit_shift and config_lib.decode_block_size(config) == 4
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_dense_block_diffusion_model_exports_in_the_llada_format_with_its_block_size(tmp_path, shift):
+    config = small_config("train.objective=block_diffusion", "train.block_size=4", f"model.logit_shift={shift}")
     params = M.init_params(ModelConfig.from_config(config.model), 0)
     params_export.save_params(tmp_path / "ckpt", params, config)
     hf_export.to_hf(tmp_path / "ckpt", tmp_path / "hf", dtype="float32")
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert hf["model_type"] == "llada" and hf["block_size"] == 4
+    assert hf["model_type"] == "llada" and hf["block_size"] == 4 and hf.get("logit_shift", False) == shift
     (tmp_path / "hf" / "llada_jax_config.json").unlink()  # as a foreign folder: config.json alone decides
     hf_import.from_hf(tmp_path / "hf", tmp_path / "back", small_config())
     _, back = params_export.load_params(tmp_path / "back")
     assert back.train.objective == "block_diffusion" and back.train.block_size == 4
-    assert config_lib.decode_block_size(back) == 4
+    assert config_lib.decode_block_size(back) == 4 and back.model.logit_shift == shift
 
 
 def test_our_ar_baseline_comes_back_causal_and_an_override_keeps_any_ar_model_causal(tmp_path):

@@ -15,12 +15,13 @@ Classifier-free guidance is not built for block-diffusion models.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from llada_jax.models import registry as model_lib
+from llada_jax.models import logit_shift, registry as model_lib
 from llada_jax.models.block_mask import CLEAN, NOISY, visibility_ranks
 from llada_jax.models.output_head import project
 from llada_jax.objectives import losses
@@ -35,17 +36,20 @@ def two_stream_visibility(block):
 
 
 def noisy_hidden(graphdef, params, seqs, noisy, segment_ids, block_size: int):
-    """The noisy stream's final hidden states [R, T, d] and the head weight: clean keys/values first (block-causal),
-    then the noisy tokens as a window at column T of a [clean, noisy] cache."""
+    """The states that predict the noisy stream [R, T, d] and the head weight: clean keys/values first
+    (block-causal), then the noisy tokens as a window at column T of a [clean, noisy] cache. For a model with
+    model.logit_shift those are the states one position earlier (models/logit_shift.py)."""
     rows, total = seqs.shape
     positions = jnp.broadcast_to(jnp.arange(total), (rows, total))
     block = positions // block_size
-    _, clean = model_lib.apply_with_kv(graphdef, params, seqs, positions, segment_ids,
-                                       visibility=visibility_ranks(CLEAN, block))
+    clean_head, clean = model_lib.apply_with_kv(graphdef, params, seqs, positions, segment_ids,
+                                                visibility=visibility_ranks(CLEAN, block))
     cache = jax.tree.map(lambda c: jnp.concatenate([c, jnp.zeros_like(c)], axis=2), clean)
     head, _ = model_lib.apply_with_kv(graphdef, params, noisy, positions, segment_ids, cache_kv=cache,
                                       cache_segment_ids=jnp.concatenate([segment_ids, segment_ids], axis=1),
                                       window_start=total, visibility=two_stream_visibility(block))
+    if model_lib.model_config(graphdef, params).logit_shift:
+        head = dataclasses.replace(head, hidden=logit_shift.shifted_hidden(head.hidden, clean_head.hidden, block_size))
     return head
 
 

@@ -98,14 +98,21 @@ def prefill(graphdef, params, lay: Layout, *, block_size: int, first: int):
     return jax.tree.map(lambda c, f: jax.lax.dynamic_update_slice_in_dim(c, f.astype(c.dtype), 0, axis=2), kv, fresh)
 
 
-def block_logits(graphdef, params, x, lay: Layout, kv, start, *, block_size: int, cache: str, commit: bool):
-    """(logits [R, B, V] of the block at column `start`, the cache). Without a cache: every column recomputed.
-    With it: a pass over the block (or, with `commit`, over the previous block too, whose final keys/values
-    it writes to the cache) against the cache."""
+def block_logits(graphdef, params, x, lay: Layout, kv, start, *, block_size: int, cache: str, commit: bool,
+                 edge=None):
+    """(logits [R, B, V] of the block at column `start`, the cache, the edge). Without a cache: every column
+    recomputed. With it: a pass over the block (or, with `commit`, over the previous block too, whose final
+    keys/values it writes to the cache) against the cache.
+
+    A model with model.logit_shift predicts column i from column i - 1 (models/logit_shift.py): the block's first
+    column from the previous, finished block's last one (the `edge` [R, d], which the commit pass computes and
+    returns for the block's later passes), the others from the block's own columns."""
+    shift = model_lib.model_config(graphdef, params).logit_shift
     if cache == "none":
         head, _ = model_lib.apply_with_kv(graphdef, params, x, lay.positions, lay.segment_ids,
                                           visibility=block_causal(lay, 0, x.shape[1]))
-        return project(jax.lax.dynamic_slice_in_dim(head.hidden, start, block_size, axis=1), head.weight), kv
+        hidden = jax.lax.dynamic_slice_in_dim(head.hidden, start - int(shift), block_size, axis=1)
+        return project(hidden, head.weight), kv, edge
     first = start - block_size if commit else start
     width = 2 * block_size if commit else block_size
     cut = lambda a: jax.lax.dynamic_slice_in_dim(a, first, width, axis=1)  # noqa: E731
@@ -115,7 +122,11 @@ def block_logits(graphdef, params, x, lay: Layout, kv, start, *, block_size: int
     if commit:
         kv = jax.tree.map(lambda c, f: jax.lax.dynamic_update_slice_in_dim(c, f.astype(c.dtype), first, axis=2),
                           kv, fresh)
-    return project(head.hidden[:, width - block_size:], head.weight), kv
+        edge = head.hidden[:, block_size - 1]
+    hidden = head.hidden[:, width - block_size:]
+    if shift:
+        hidden = jnp.concatenate([edge[:, None], hidden[:, :-1]], axis=1)
+    return project(hidden, head.weight), kv, edge
 
 
 def _decode_block(graphdef, params, lay: Layout, block, carry, *, block_size, steps_per_block, cache, mask_id,
@@ -135,12 +146,12 @@ def _decode_block(graphdef, params, lay: Layout, block, carry, *, block_size, st
     masked = lambda x: jnp.any(candidates(x))  # noqa: E731
     schedule = rules.transfer_schedule(jnp.sum(candidates(x), axis=1), steps_per_block)
     scheduled_rule = rule["threshold"] is None and rule["factor"] is None
-    logits, kv = logits_of(x=x, kv=kv, commit=cache == "exact")
+    logits, kv, edge = logits_of(x=x, kv=kv, commit=cache == "exact")
     state = reveal((x, trace, key), logits, scheduled=schedule[:, 0], step_index=passes)
 
     def body(c):
         state, i = c[:3], c[3]
-        logits, _ = logits_of(x=state[0], kv=kv, commit=False)
+        logits, _, _ = logits_of(x=state[0], kv=kv, commit=False, edge=edge)
         return (*reveal(state, logits, scheduled=schedule[:, jnp.minimum(i, steps_per_block - 1)],
                         step_index=passes + i), i + 1)
 

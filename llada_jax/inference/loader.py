@@ -58,7 +58,12 @@ class InferenceModel:
     @property
     def block_size(self) -> int | None:
         """The block size a block-diffusion checkpoint decodes and is scored with; None for a full-sequence one."""
-        return decode_block_size(self.config)
+        block = decode_block_size(self.config)
+        if block is None and self.config.model.get("logit_shift", False):
+            raise ConfigError(f"{self.directory} holds a model with model.logit_shift=True but no block size below "
+                              "train.seq_len; a shifted model is decoded and scored block by block: import or "
+                              "train it with train.objective=block_diffusion and train.block_size below seq_len")
+        return block
 
     def load(self, param_dtype: str | None = "auto") -> "InferenceModel":
         """Restores the params onto the mesh, cast once to --param-dtype (auto: bfloat16 on GPU/TPU; None: as

@@ -45,6 +45,8 @@ def to_hf(checkpoint, out, *, dtype: str = "bfloat16", tokenizer=None, max_shard
     block_size = decode_block_size(config)
     if block_size is not None:
         hf["block_size"] = block_size  # decoded block by block: from-hf reads it back as the objective
+    if cfg.logit_shift:
+        hf["logit_shift"] = True  # position i is predicted at i - 1 (models/logit_shift.py): from-hf reads it back
     np_dtype = np.dtype(safetensors_io.DTYPES[DTYPES[dtype]])
     plan = planned_tensors(cfg, param_shapes(cfg), fmt)
     out = output_dirs.check_folder(out, flag="--out", overwrite=overwrite)

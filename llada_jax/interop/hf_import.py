@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from llada_jax.config import ConfigError, ModelConfig, apply_override
+from llada_jax.config import ConfigError, ModelConfig, apply_override, decode_block_size
 from llada_jax.interop import formats, safetensors_io
 from llada_jax.interop.tensor_layout import from_torch, leaf_shape, param_shapes, planned_tensors
 from llada_jax.utils import output_dirs
@@ -34,7 +34,7 @@ DECIDED_BY_CHECKPOINT = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_h
                          "rope_theta", "rms_norm_eps", "family", "qk_norm", "rotary_dim", "qkv_bias",
                          "tie_embeddings", "hf_format", "moe.experts", "moe.top_k", "moe.expert_hidden",
                          "moe.shared_experts", "moe.first_dense_layers", "moe.router", "moe.norm_topk",
-                         "moe.routed_scaling", "moe.n_groups", "moe.topk_groups", "moe.expert_bias")
+                         "moe.routed_scaling", "moe.n_groups", "moe.topk_groups", "moe.expert_bias", "logit_shift")
 WEIGHT_DTYPES = ("F32", "BF16", "F16")
 
 
@@ -95,6 +95,8 @@ def model_config_from_hf(hf: dict, exported_run: dict | None = None) -> dict:
     if getattr(fmt, "AUTOREGRESSIVE", False):
         fields["causal"] = bool(((exported_run or {}).get("model") or {}).get("causal", False))
         fields["hf_format"] = fmt.NAME
+    if hf.get("logit_shift") is True:  # our block-diffusion export of a shifted model
+        fields["logit_shift"] = True
     return fields
 
 
@@ -138,6 +140,9 @@ def import_config(hf: dict, base_config: ml_collections.ConfigDict, overrides=()
         config.train.objective = "mdm"
     if not config.model.causal:
         _block_diffusion_fields(hf, config, overrides)
+    if config.model.get("logit_shift", False) and decode_block_size(config) is None:
+        raise ConfigError("model.logit_shift=True needs block decoding; add --config.train.objective=block_diffusion "
+                          "and --config.train.block_size=N (below train.seq_len)")
     _check_imported_model(config.model)
     return config
 

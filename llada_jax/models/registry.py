@@ -81,6 +81,12 @@ def apply_with_kv(graphdef, params, tokens, positions=None, segment_ids=None, **
     return HeadOutput(hidden, model.head_weight(), model.cfg.loss_chunk_tokens), kv
 
 
+def model_config(graphdef, params) -> ModelConfig:
+    """The ModelConfig the model was built with (static: read at trace time, nothing is computed), so a
+    consumer given only (graphdef, params) reads how to use the model's outputs (model.logit_shift)."""
+    return nnx.merge(graphdef, params).cfg
+
+
 def init_params(cfg: ModelConfig, seed: int):
     """Unsharded params as a pure dict (tests and small models; training/trainer.py creates them sharded)."""
     return split_model(build(cfg, nnx.Rngs(params=seed)))[1]

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from llada_jax.config import parse_block_schedule
-from llada_jax.models import registry as model_lib
+from llada_jax.models import logit_shift, registry as model_lib
 from llada_jax.models.block_mask import BlockPattern
 from llada_jax.models.flops import param_counts
 from llada_jax.objectives import losses, masking
@@ -110,15 +110,19 @@ def complementary_rows(tokens, segment_ids, maskable, normaliser, noisy, masked,
             twice(noisy, noisy_c), twice(masked, masked_c), twice(p, p_c))
 
 
-def two_stream_head(graphdef, params, noisy, clean, segment_ids, block_size: int):
-    """The model over [x_t | x_0] with the block-diffusion attention; the head's output for the noisy half only."""
+def two_stream_head(graphdef, params, noisy, clean, segment_ids, block_size: int, shift: bool = False):
+    """The model over [x_t | x_0] with the block-diffusion attention; the head's output for the noisy half only
+    (with `shift`, the states that predict each noisy position: logit_shift.py)."""
     b, length = noisy.shape
     positions = jnp.broadcast_to(jnp.tile(jnp.arange(length), 2), (b, 2 * length))
     both = jnp.concatenate([noisy, clean], axis=1)
     segments = jnp.concatenate([segment_ids, segment_ids], axis=1)
     outputs = model_lib.apply_head(graphdef, params, both, positions, segments,
                                    attention_pattern=BlockPattern(block_size, length))
-    return dataclasses.replace(outputs, hidden=outputs.hidden[:, :length])
+    hidden = outputs.hidden[:, :length]
+    if shift:
+        hidden = logit_shift.shifted_hidden(hidden, outputs.hidden[:, length:], block_size)
+    return dataclasses.replace(outputs, hidden=hidden)
 
 
 def loss(graphdef, config, params, batch, key):
@@ -137,8 +141,12 @@ def loss(graphdef, config, params, batch, key):
         lengths = None if lengths is None else jnp.concatenate([lengths, lengths])
     if size >= tokens.shape[1]:  # one block: nothing before it to see, LLaDA's objective on one stream
         outputs = model_lib.apply_head(graphdef, params, noisy, segment_ids=segment_ids, lengths=lengths)
+        if m.logit_shift:
+            outputs = dataclasses.replace(outputs, hidden=logit_shift.shifted_hidden(outputs.hidden, None, size))
     else:
-        outputs = two_stream_head(graphdef, params, noisy, tokens, segment_ids, size)
+        outputs = two_stream_head(graphdef, params, noisy, tokens, segment_ids, size, shift=m.logit_shift)
+    if m.logit_shift:  # a position with no predecessor in its document has nothing to be predicted from
+        masked = masked & logit_shift.predictable(segment_ids)
     total, weight, aux = losses.block_loss(outputs, tokens, masked, p, normaliser, s.weighting)
     return total, {**aux, "loss_weight": weight}
 
