@@ -384,20 +384,17 @@ def validate_train(t, mc: ModelConfig) -> None:
         raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
     if t.objective == "block_diffusion":
         validate_block_diffusion(t)
-    if mc.logit_shift:
-        validate_logit_shift(t)
+    require_block_decoding({"model": {"logit_shift": mc.logit_shift}, "train": t},
+                           "set train.objective, train.block_size or train.block_schedule's last entry")
 
 
-def validate_logit_shift(t) -> None:
-    """A shifted model is trained and decoded in blocks: the full-sequence objectives and sampler read the
-    prediction for a position from that position."""
-    if t.objective != "block_diffusion":
-        raise ConfigError(f"model.logit_shift=True is built for train.objective='block_diffusion', not "
-                          f"{t.objective!r}; set the objective or model.logit_shift=False")
-    if decode_block_size({"train": t}) is None:
-        raise ConfigError("model.logit_shift=True needs a final block size below train.seq_len (a shifted model "
-                          "decodes block by block); end train.block_schedule, or set train.block_size, below "
-                          f"{t.seq_len}")
+def require_block_decoding(config, fix: str) -> None:
+    """One sentence when a model.logit_shift model has no block size to decode with: only block diffusion's
+    objective, ELBO and sampler read a prediction one position earlier (models/logit_shift.py). `fix` says what
+    to change where the caller stands (a run's config, an import's flags, a checkpoint)."""
+    if (config.get("model") or {}).get("logit_shift", False) and decode_block_size(config) is None:
+        raise ConfigError("model.logit_shift=True needs block decoding: train.objective='block_diffusion' with a "
+                          f"final block size below train.seq_len; {fix}")
 
 
 def validate_block_diffusion(t) -> None:

@@ -249,9 +249,9 @@ def test_shifted_predictions_come_from_the_position_before(model):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (("train.objective=mdm",), "model.logit_shift=True is built for train.objective='block_diffusion'"),
-    (("train.objective=block_diffusion", "train.block_size=64"), "needs a final block size below"),
-    (("train.objective=block_diffusion", "train.block_schedule=4:0.5,4096:0.5"), "needs a final block size below"),
+    (("train.objective=mdm",), "model.logit_shift=True needs block decoding"),
+    (("train.objective=block_diffusion", "train.block_size=64"), "final block size below train.seq_len"),
+    (("train.objective=block_diffusion", "train.block_schedule=4:0.5,4096:0.5"), "final block size below"),
 ])
 def test_logit_shift_outside_block_decoding_is_one_sentence(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -101,6 +101,12 @@ def test_an_ar_checkpoint_imports_as_a_shifted_block_diffusion_init(tmp_path, ca
                  "--config.train.objective=block_diffusion", "--config.train.block_size=4"]) == 0
     _, config = params_export.load_params(tmp_path / "ckpt")
     assert config.model.logit_shift and config_lib.decode_block_size(config) == 4
+    odd = small_config("model.logit_shift=True")  # a checkpoint written some other way: `sample` refuses it
+    params_export.save_params(tmp_path / "odd", M.init_params(ModelConfig.from_config(odd.model), 0), odd)
+    capsys.readouterr()
+    assert main(["sample", f"--checkpoint={tmp_path / 'odd'}", "--prompt=ab", "--gen-length=4", "--steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "has none: import or train it so" in err
 
 
 @pytest.mark.parametrize("shift", [False, True])

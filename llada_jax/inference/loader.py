@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from llada_jax import sharding
 from llada_jax.checkpoints import locate, params_export
-from llada_jax.config import ConfigError, ModelConfig, apply_override, decode_block_size
+from llada_jax.config import ConfigError, ModelConfig, apply_override, decode_block_size, require_block_decoding
 from llada_jax.data.vocab import get_vocabulary
 from llada_jax.inference import serving_params
 from llada_jax.models import attention
@@ -58,12 +58,8 @@ class InferenceModel:
     @property
     def block_size(self) -> int | None:
         """The block size a block-diffusion checkpoint decodes and is scored with; None for a full-sequence one."""
-        block = decode_block_size(self.config)
-        if block is None and self.config.model.get("logit_shift", False):
-            raise ConfigError(f"{self.directory} holds a model with model.logit_shift=True but no block size below "
-                              "train.seq_len; a shifted model is decoded and scored block by block: import or "
-                              "train it with train.objective=block_diffusion and train.block_size below seq_len")
-        return block
+        require_block_decoding(self.config, f"{self.directory} has none: import or train it so")
+        return decode_block_size(self.config)
 
     def load(self, param_dtype: str | None = "auto") -> "InferenceModel":
         """Restores the params onto the mesh, cast once to --param-dtype (auto: bfloat16 on GPU/TPU; None: as

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from llada_jax.config import ConfigError, ModelConfig, apply_override, decode_block_size
+from llada_jax.config import ConfigError, ModelConfig, apply_override, require_block_decoding
 from llada_jax.interop import formats, safetensors_io
 from llada_jax.interop.tensor_layout import from_torch, leaf_shape, param_shapes, planned_tensors
 from llada_jax.utils import output_dirs
@@ -140,9 +140,7 @@ def import_config(hf: dict, base_config: ml_collections.ConfigDict, overrides=()
         config.train.objective = "mdm"
     if not config.model.causal:
         _block_diffusion_fields(hf, config, overrides)
-    if config.model.get("logit_shift", False) and decode_block_size(config) is None:
-        raise ConfigError("model.logit_shift=True needs block decoding; add --config.train.objective=block_diffusion "
-                          "and --config.train.block_size=N (below train.seq_len)")
+    require_block_decoding(config, "add --config.train.objective=block_diffusion --config.train.block_size=N")
     _check_imported_model(config.model)
     return config
 
