@@ -219,6 +219,14 @@ def steps_per_block(gen_length: int, steps: int, block_size: int) -> int:
     return max(1, min(block_size, -(-steps * block_size // gen_length)))
 
 
+def check_no_guidance(cfg_scale: float) -> None:
+    """One ConfigError sentence for guidance asked of a block-diffusion model (its sampler and its ELBO)."""
+    from llada_jax.config import ConfigError
+
+    if cfg_scale > 0:
+        raise ConfigError("classifier-free guidance is not built for block-diffusion models; use cfg_scale=0")
+
+
 def check_block_options(gen_length: int, steps: int, block_size: int, cfg_scale: float, cache: str, **rule) -> None:
     """One ConfigError sentence for what block decoding cannot do (`rule`: sampling_rules.check_rule's)."""
     from llada_jax.config import ConfigError
@@ -226,8 +234,7 @@ def check_block_options(gen_length: int, steps: int, block_size: int, cfg_scale:
     rules.check_rule(**rule)
     if min(gen_length, steps, block_size) <= 0:
         raise ConfigError(f"gen_length={gen_length}, steps={steps} and block size {block_size} must be positive")
-    if cfg_scale > 0:
-        raise ConfigError("classifier-free guidance is not built for block-diffusion models; use cfg_scale=0")
+    check_no_guidance(cfg_scale)
     if cache not in BLOCK_CACHES:
         raise ConfigError(f"cache={cache!r} does not apply to a block-diffusion model, which keeps an exact cache "
                           "of finished blocks; use cache=exact (the default) or none (recompute every step)")

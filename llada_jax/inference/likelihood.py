@@ -37,7 +37,7 @@ import numpy as np
 
 from llada_jax.objectives import losses
 from llada_jax.models import registry as model_lib
-from llada_jax.inference import block_likelihood
+from llada_jax.inference import block_likelihood, block_sampling
 from llada_jax.inference.sampling import guided_logits
 
 
@@ -178,8 +178,8 @@ def check_options(mc_num: int, batch_size: int, estimator: str, cfg_scale: float
                   block_size: int | None = None) -> None:
     from llada_jax.config import ConfigError
 
-    if block_size is not None and cfg_scale > 0:
-        raise ConfigError("classifier-free guidance is not built for block-diffusion models; use cfg_scale=0")
+    if block_size is not None:
+        block_sampling.check_no_guidance(cfg_scale)
     if mc_num <= 0 or batch_size <= 0:
         raise ConfigError(f"mc_num={mc_num} and batch_size={batch_size} must be positive")
     if estimator not in ESTIMATORS:
