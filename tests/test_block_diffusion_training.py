@@ -129,16 +129,19 @@ def test_preflight_compiles_the_costliest_step_of_a_curriculum():
     assert trainer.has_compiled(2) and not trainer.has_compiled(16)  # two streams: the costlier of the two steps
 
 
-def test_a_trained_run_samples_and_scores_through_the_cli(tmp_path, capsys):
+@pytest.mark.parametrize("shift", [False, True])
+def test_a_trained_run_samples_and_scores_through_the_cli(tmp_path, capsys, shift):
     """A run of the two-stream objective (a curriculum 8 -> 4) is a checkpoint `llada-jax sample` and `score` take
     as it is: both read the block size training ended at (4) from its stored config, sample decodes with the block
-    sampler (the exact cache's text equals recomputing every column) and score uses the block-diffusion ELBO."""
+    sampler (the exact cache's text equals recomputing every column) and score uses the block-diffusion ELBO. The
+    same holds for a model trained with model.logit_shift."""
     import math
 
     from llada_jax.cli import main
 
     run = tmp_path / "run"
-    loop.run(small_config(*BD, *QUIET, "train.steps=2", "train.block_schedule=8:0.5,4:0.5"), run, quiet=True)
+    loop.run(small_config(*BD, *QUIET, "train.steps=2", "train.block_schedule=8:0.5,4:0.5",
+                          f"model.logit_shift={shift}"), run, quiet=True)
     capsys.readouterr()
     texts = {}
     for cache in ("exact", "none"):
