@@ -24,6 +24,14 @@ early stop) in the modes that apply to it, and the table adds exact-match accura
     llada-jax demo --objective=block_diffusion --workdir=runs/demo-bd
     python benchmarks/block_sampling.py --mdm-checkpoint=runs/demo-mdm/params --bd-checkpoint=runs/demo-bd/params \
         --gen-length=6 --steps=6 --block-length=6 [--threshold=0.95]
+
+At the goal's lengths (gen 256, block 32), the models configs/demo_long.py trains on 256-token answers:
+
+    llada-jax demo --config=configs/demo_long.py --task=repetition --size=32 --workdir=runs/long-mdm
+    llada-jax demo --config=configs/demo_long.py --task=repetition --size=32 --workdir=runs/long-bd \
+        --objective=block_diffusion
+    python benchmarks/block_sampling.py --mdm-checkpoint=runs/long-mdm/params --bd-checkpoint=runs/long-bd/params \
+        --task=repetition --size=32 --gen-length=256 --block-length=32 --threshold=0.95
 """
 import argparse
 import os

@@ -93,3 +93,21 @@ def test_shortened_block_diffusion_demo_learns_to_sort(tmp_path):
     assert final["final"] and final["eval_loss"] < EVAL_LOSS_AFTER_150_STEPS, final
     accuracy = float(out.split("held-out accuracy: ")[1].split("=")[1].split("%")[0])
     assert accuracy >= ACCURACY_AFTER_150_STEPS, out[-2000:]
+
+
+@pytest.mark.parametrize("objective", ["sft", "block_diffusion"])
+def test_long_answer_demo_config_fits_its_task_in_whole_blocks(objective):
+    """configs/demo_long.py: a 32-letter repetition problem and its 256-token answer fill one row of whole blocks,
+    so the full-sequence and block-diffusion models it trains decode gen 256 in blocks of 32."""
+    from llada_jax.config import load_config, validate
+    from llada_jax.data.vocab import ByteVocabulary
+
+    config = load_config(os.path.join(ROOT, "configs", "demo_long.py"), [f"train.objective={objective}"])
+    validate(config)
+    t = config.train
+    train, _ = synthetic_tasks.train_test_split("repetition", 50, 10, seed=t.seed, size=32)
+    prompt = max(len(e.prompt) for e in train)
+    tokens, _ = synthetic_tasks.encode(train, ByteVocabulary(), prompt, synthetic_tasks.answer_width("repetition", 32))
+    assert tokens.shape[1] == prompt + 256 <= t.seq_len == config.model.max_seq_len
+    assert t.seq_len % t.block_size == 0 and t.block_size == 32
+    assert demo.gen_length_for(t.seq_len, prompt, block=t.block_size) >= 256

@@ -12,6 +12,8 @@ def solve(prompt: str) -> str:
     body = prompt.rstrip("=")
     if body.startswith("rev "):
         return "".join(reversed(body[4:]))
+    if body.startswith("rep "):
+        return body[4:] * 8
     if body.startswith("sort "):
         return "".join(str(d) for d in sorted(int(c) for c in body[5:]))
     a, b = body.split("+")

@@ -11,8 +11,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", help="folder for the task data, metrics and params")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="training config (the demo's by default)")
-    parser.add_argument("--task", default="sorting", help="sorting, addition or reversal")
-    parser.add_argument("--size", type=int, default=4, help="digits (sorting, addition) or letters (reversal)")
+    parser.add_argument("--task", default="sorting", help="sorting, addition, reversal or repetition")
+    parser.add_argument("--size", type=int, default=4,
+                        help="digits (sorting, addition) or letters (reversal, repetition)")
     parser.add_argument("--train-examples", type=int, default=20000, help="generated training problems")
     parser.add_argument("--test-examples", type=int, default=200, help="held-out problems solved at the end")
     parser.add_argument("--show", type=int, default=8, help="solved examples to print")

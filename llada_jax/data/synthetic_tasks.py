@@ -6,7 +6,9 @@ so a sampler mode that reveals several tokens per step can be compared with one-
 on accuracy, not just speed:
 - addition: two numbers of 1..`size` digits -> their sum;
 - reversal: a string of `size` lowercase letters -> the same letters reversed;
-- sorting: `size` digits -> the digits in ascending order.
+- sorting: `size` digits -> the digits in ascending order;
+- repetition: `size` lowercase letters -> the same letters REPEATS (8) times over: an answer 8x the prompt's
+  length (size 32: 256 tokens), the long generations a block sampler's cache is measured on, learnable on a CPU.
 
 Everything is plain Python text (pure functions of a seed), so any vocabulary can encode it; `encode`
 turns examples into fixed-width token arrays for training (answer padded with EOS, as LLaDA's SFT does).
@@ -19,7 +21,8 @@ import string
 
 import numpy as np
 
-TASKS = ("addition", "reversal", "sorting")
+TASKS = ("addition", "reversal", "sorting", "repetition")
+REPEATS = 8  # copies of the letters in a repetition answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +46,12 @@ def _sorting(rng: random.Random, size: int) -> Example:
     return Example(f"sort {digits}=", "".join(sorted(digits)))
 
 
-_MAKERS = {"addition": _addition, "reversal": _reversal, "sorting": _sorting}
+def _repetition(rng: random.Random, size: int) -> Example:
+    text = "".join(rng.choice(string.ascii_lowercase) for _ in range(size))
+    return Example(f"rep {text}=", text * REPEATS)
+
+
+_MAKERS = {"addition": _addition, "reversal": _reversal, "sorting": _sorting, "repetition": _repetition}
 
 
 def check_task(task: str, size: int) -> None:
@@ -83,7 +91,7 @@ def train_test_split(task: str, n_train: int, n_test: int, seed: int = 0, size: 
 def answer_width(task: str, size: int) -> int:
     """The longest possible answer in characters (the generation length a sampler needs, before EOS)."""
     check_task(task, size)
-    return size + 1 if task == "addition" else size
+    return {"addition": size + 1, "repetition": REPEATS * size}.get(task, size)
 
 
 def exact_match(predictions: list[str], reference: list[Example]) -> float:
