@@ -107,7 +107,8 @@ def test_long_answer_demo_config_fits_its_task_in_whole_blocks(objective):
     t = config.train
     train, _ = synthetic_tasks.train_test_split("repetition", 50, 10, seed=t.seed, size=32)
     prompt = max(len(e.prompt) for e in train)
-    tokens, _ = synthetic_tasks.encode(train, ByteVocabulary(), prompt, synthetic_tasks.answer_width("repetition", 32))
+    answer = synthetic_tasks.answer_width("repetition", 32)
+    tokens, _ = synthetic_tasks.encode(train, ByteVocabulary(), prompt, answer)
     assert tokens.shape[1] == prompt + 256 <= t.seq_len == config.model.max_seq_len
     assert t.seq_len % t.block_size == 0 and t.block_size == 32
     assert demo.gen_length_for(t.seq_len, prompt, block=t.block_size) >= 256
