@@ -144,7 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rate", type=float, default=0.01, help="model.moe.bias_update_rate of the balanced run")
     parser.add_argument("--tail", type=int, default=10, help="logged steps averaged for the end figure")
-    parser.add_argument("--eval-batches", type=int, default=50, help="training batches (from the stream's start) the final models route")
+    parser.add_argument("--eval-batches", type=int, default=50,
+                        help="training batches (from the stream's start) the final models route")
     parser.add_argument("--probe", action="store_true", help="route a batch of the balanced run's final model "
                         "at fixed mask ratios and print what masked and unmasked tokens chose")
     args, extra = parser.parse_known_args(argv)
