@@ -113,6 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.eval_draws = 1  # noise draws per eval batch in the final eval (more draws: smaller standard error)
     c.train.max_nonfinite_in_a_row = 10  # skipped (non-finite) updates tolerated in a row before halting
     c.train.init_from = ""  # params checkpoint to start from (fresh optimizer, step 0), e.g. for SFT
+    # Gaussian noise (this standard deviation) on the embedding of every mask-token input while training, falling
+    # linearly to 0 at step mask_embedding_noise_steps (0: the whole run); eval, sample and score see none.
+    # LLaDA2.0 adds it early when continuing an AR model, whose mask embedding was never trained.
+    c.train.mask_embedding_noise = 0.0
+    c.train.mask_embedding_noise_steps = 0
     # Block diffusion (train.objective=block_diffusion). Block b(i) = i // block_size of each row; a block size
     # >= seq_len is LLaDA's full-sequence objective. Eval, sample and score use the size training ends at
     # (config.decode_block_size: the schedule's last entry, else block_size).

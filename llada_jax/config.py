@@ -382,6 +382,7 @@ def validate_train(t, mc: ModelConfig) -> None:
         raise ConfigError(f"train.mask_eps={t.mask_eps} must be in (0, 1)")
     if not 0.0 <= t.random_length_fraction <= 1.0:
         raise ConfigError(f"train.random_length_fraction={t.random_length_fraction} must be in [0, 1]")
+    validate_mask_embedding_noise(t)
     if t.objective == "block_diffusion":
         validate_block_diffusion(t)
     require_block_decoding({"model": {"logit_shift": mc.logit_shift}, "train": t},
@@ -395,6 +396,18 @@ def require_block_decoding(config, fix: str) -> None:
     if (config.get("model") or {}).get("logit_shift", False) and decode_block_size(config) is None:
         raise ConfigError("model.logit_shift=True needs block decoding: train.objective='block_diffusion' with a "
                           f"final block size below train.seq_len; {fix}")
+
+
+def validate_mask_embedding_noise(t) -> None:
+    """A non-negative noise level and length, and an objective whose inputs hold mask tokens."""
+    std, steps = t.get("mask_embedding_noise", 0.0), t.get("mask_embedding_noise_steps", 0)
+    if not (std >= 0.0 and math.isfinite(std)):
+        raise ConfigError(f"train.mask_embedding_noise={std} must be a finite standard deviation >= 0 (0: no noise)")
+    if steps < 0:
+        raise ConfigError(f"train.mask_embedding_noise_steps={steps} must be >= 0 (0: the noise lasts the whole run)")
+    if std > 0 and t.objective == "ar":
+        raise ConfigError("train.mask_embedding_noise applies to mask-token inputs, which train.objective='ar' never "
+                          "has; set it to 0 or use a diffusion objective")
 
 
 def validate_block_diffusion(t) -> None:

@@ -138,8 +138,11 @@ class Transformer(nnx.Module):
         return HeadOutput(x, self.head_weight(), self.cfg.loss_chunk_tokens)
 
     def hidden_states(self, tokens, positions=None, segment_ids=None, *, cache_kv=None, cache_segment_ids=None,
-                      window_start=None, lengths=None, visibility=None, attention_pattern=None):
-        """tokens [B, T] -> (final RMS-normed hidden states [B, T, d] in the compute dtype, per-layer (k, v))."""
+                      window_start=None, lengths=None, visibility=None, attention_pattern=None, mask_noise=None):
+        """tokens [B, T] -> (final RMS-normed hidden states [B, T, d] in the compute dtype, per-layer (k, v)).
+
+        `mask_noise` (training only): (key, std [B]) adds Gaussian noise of that standard deviation per row to the
+        embedding of every mask-token input (`embed`)."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         if positions is None:
@@ -158,10 +161,19 @@ class Transformer(nnx.Module):
         if attention_pattern is not None:  # a static layout rides along as a fourth entry
             segments += (attention_pattern,)
         # Params are cast to the compute dtype once, outside the layer loop (and before FSDP gathers them).
-        x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)  # gather first: the table's gradient stays f32
-        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        x = sharding.constrain(self.embed(tokens, mask_noise), ("batch", "length", "act_embed"))
         x, kv = self.run_layers(x, (cos, sin, segments), cache_kv, window_start)
         return rms_norm(x, self.ln_f[...].astype(dt), cfg.rms_norm_eps), kv
+
+    def embed(self, tokens, mask_noise=None):
+        """tokens [B, T] -> their embeddings [B, T, d] in the compute dtype; with `mask_noise` = (key, std [B]),
+        plus N(0, std^2) noise, drawn independently per position and dimension, where a token is the mask id."""
+        x = jnp.take(self.wte[...], tokens, axis=0)  # gather first: the table's gradient stays f32
+        if mask_noise is not None:
+            key, std = mask_noise
+            noise = jax.random.normal(key, x.shape, jnp.float32) * std.astype(jnp.float32)[:, None, None]
+            x = x + jnp.where((tokens == self.cfg.mask_token_id)[..., None], noise, 0.0).astype(x.dtype)
+        return x.astype(jnp.dtype(self.cfg.dtype))
 
     def run_layers(self, x, rope_and_segments, cache_kv, window_start):
         """x through every layer -> (x, per-layer (k, v) stacked on a leading layers axis)."""

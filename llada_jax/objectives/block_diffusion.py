@@ -110,15 +110,17 @@ def complementary_rows(tokens, segment_ids, maskable, normaliser, noisy, masked,
             twice(noisy, noisy_c), twice(masked, masked_c), twice(p, p_c))
 
 
-def two_stream_head(graphdef, params, noisy, clean, segment_ids, block_size: int, shift: bool = False):
+def two_stream_head(graphdef, params, noisy, clean, segment_ids, block_size: int, shift: bool = False,
+                    mask_noise=None):
     """The model over [x_t | x_0] with the block-diffusion attention; the head's output for the noisy half only
-    (with `shift`, the states that predict each noisy position: logit_shift.py)."""
+    (with `shift`, the states that predict each noisy position: logit_shift.py). `mask_noise`: the model's
+    mask-embedding noise (only the noisy half holds mask tokens)."""
     b, length = noisy.shape
     positions = jnp.broadcast_to(jnp.tile(jnp.arange(length), 2), (b, 2 * length))
     both = jnp.concatenate([noisy, clean], axis=1)
     segments = jnp.concatenate([segment_ids, segment_ids], axis=1)
     outputs = model_lib.apply_head(graphdef, params, both, positions, segments,
-                                   attention_pattern=BlockPattern(block_size, length))
+                                   attention_pattern=BlockPattern(block_size, length), mask_noise=mask_noise)
     hidden = outputs.hidden[:, :length]
     if shift:
         hidden = logit_shift.shifted_hidden(hidden, outputs.hidden[:, length:], block_size)
@@ -139,12 +141,15 @@ def loss(graphdef, config, params, batch, key):
         tokens, segment_ids, normaliser, noisy, masked, p = complementary_rows(
             tokens, segment_ids, maskable, normaliser, noisy, masked, p, m.mask_token_id, t.mask_eps)
         lengths = None if lengths is None else jnp.concatenate([lengths, lengths])
+    mask_noise = masking.embedding_noise(batch, key, rows=tokens.shape[0])
     if size >= tokens.shape[1]:  # one block: nothing before it to see, LLaDA's objective on one stream
-        outputs = model_lib.apply_head(graphdef, params, noisy, segment_ids=segment_ids, lengths=lengths)
+        outputs = model_lib.apply_head(graphdef, params, noisy, segment_ids=segment_ids, lengths=lengths,
+                                       mask_noise=mask_noise)
         if m.logit_shift:
             outputs = dataclasses.replace(outputs, hidden=logit_shift.shifted_hidden(outputs.hidden, None, size))
     else:
-        outputs = two_stream_head(graphdef, params, noisy, tokens, segment_ids, size, shift=m.logit_shift)
+        outputs = two_stream_head(graphdef, params, noisy, tokens, segment_ids, size, shift=m.logit_shift,
+                                  mask_noise=mask_noise)
     if m.logit_shift:  # a position with no predecessor in its document has nothing to be predicted from
         masked = masked & logit_shift.predictable(segment_ids)
     total, weight, aux = losses.block_loss(outputs, tokens, masked, p, normaliser, s.weighting)

@@ -66,3 +66,32 @@ def block_forward_process(key, tokens, mask_id: int, eps: float, block_size: int
 def per_position(p, length: int):
     """[B, n_blocks] per-block values -> [B, length] (each block's value over its columns)."""
     return jnp.repeat(p, length // p.shape[1], axis=1)
+
+
+NOISE_STREAM = 0x6D6E  # folded into an objective's key for the embedding noise, leaving its masks' draws as they were
+
+
+def mask_embedding_noise_at(t, step):
+    """The standard deviation of the Gaussian noise added to mask-token embeddings at step `step` (traced or not):
+    train.mask_embedding_noise, falling linearly to 0 at train.mask_embedding_noise_steps (0: the whole run).
+
+    LLaDA2.0 adds such noise early in continued pretraining from an AR model, whose mask embedding was never
+    trained: without it every masked position starts from the same near-constant vector and gradients spike.
+    """
+    std = float(t.get("mask_embedding_noise", 0.0))
+    steps = int(t.get("mask_embedding_noise_steps", 0))
+    if steps <= 0:
+        return jnp.asarray(std, jnp.float32)
+    return std * jnp.clip(1.0 - jnp.asarray(step, jnp.float32) / steps, 0.0, 1.0)
+
+
+def embedding_noise(batch, key, rows: int | None = None):
+    """The model's `mask_noise` argument for this batch, (key, standard deviation per row), or None when the batch
+    carries no "mask_noise_std" (eval, and runs without the noise). `rows`: a forward pass over more rows than the
+    batch has (complementary masks repeat the batch) repeats the per-row values to match."""
+    std = batch.get("mask_noise_std")
+    if std is None:
+        return None
+    if rows is not None and rows != std.shape[0]:
+        std = jnp.tile(std, rows // std.shape[0])
+    return jax.random.fold_in(key, NOISE_STREAM), std

@@ -26,6 +26,6 @@ def loss(graphdef, config, params, batch, key):
     # valid is a prefix of each row unless rows are packed documents: only then may attention not use lengths
     packed = "segment_ids" in batch
     outputs = model_lib.apply_head(graphdef, params, noisy, segment_ids=segment_ids,
-                                   lengths=None if packed else real)
+                                   lengths=None if packed else real, mask_noise=masking.embedding_noise(batch, key))
     total, weight, aux = losses.pretrain_loss(outputs, tokens, masked, p, real)  # per row's real tokens
     return total, {**aux, "loss_weight": weight}

@@ -36,6 +36,6 @@ def loss(graphdef, config, params, batch, key):
     noisy, masked, p = masking.forward_process(key_mask, tokens, m.mask_token_id, t.mask_eps, maskable,
                                                t=batch.get("t"))
     outputs = model_lib.apply_head(graphdef, params, noisy, segment_ids=segment_ids,
-                                   lengths=jnp.sum(valid, axis=-1))
+                                   lengths=jnp.sum(valid, axis=-1), mask_noise=masking.embedding_noise(batch, key))
     total, weight, aux = losses.sft_loss(outputs, tokens, masked, p, maskable)
     return total, {**aux, "loss_weight": weight}

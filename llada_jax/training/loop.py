@@ -48,7 +48,8 @@ def progress_line(record: dict, t_cfg, eta: str) -> str:
             f"{record['grad_norm']:.3f} | lr {record['lr']:.2e} | " + router_summary(record)
             + (f"{tok_s:,.0f} tok/s" if math.isfinite(tok_s) else "- tok/s") + f" | ETA {eta}"
             + (f" | skipped {record['skipped_total']}" if record["skipped_total"] else "")
-            + (f" | block {record['block_size']}" if record.get("block_size") is not None else ""))
+            + (f" | block {record['block_size']}" if record.get("block_size") is not None else "")
+            + (f" | mask noise {record['mask_noise_std']:.3f}" if "mask_noise_std" in record else ""))
 
 
 def router_summary(record: dict) -> str:

@@ -15,7 +15,7 @@ import optax
 
 from llada_jax.config import ModelConfig
 from llada_jax.models import registry as model_lib
-from llada_jax.objectives import losses, router_losses
+from llada_jax.objectives import losses, masking, router_losses
 from llada_jax.objectives.registry import compute_loss
 
 
@@ -75,6 +75,10 @@ def accumulate_gradients(graphdef, config, params, batch, key):
 def train_step(graphdef, config, tx, schedule, state: TrainState, batch):
     """One optimizer step over `grad_accum_steps` equal micro-batches."""
     key = step_key(config.train.seed, state.step)
+    noise_std = None
+    if config.train.get("mask_embedding_noise", 0.0) > 0:  # a per-row field, so micro-batches split it like tokens
+        noise_std = masking.mask_embedding_noise_at(config.train, state.step)
+        batch = {**batch, "mask_noise_std": jnp.full(batch["tokens"].shape[:1], noise_std, jnp.float32)}
     grads, aux = accumulate_gradients(graphdef, config, state.params, batch, key)
     loss = losses.mean_loss(router_losses.objective_sum(aux), aux["loss_weight"])
     model_cfg = ModelConfig.from_config(config.model)
@@ -99,6 +103,7 @@ def train_step(graphdef, config, tx, schedule, state: TrainState, batch):
         "lr": schedule(updates_applied(state.opt_state)),
         **router_losses.router_metrics(aux, model_cfg),
         **model_lib.bias_range(model_cfg, params),
+        **({} if noise_std is None else {"mask_noise_std": noise_std}),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
