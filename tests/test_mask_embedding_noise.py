@@ -106,11 +106,13 @@ def test_noise_on_the_autoregressive_baseline_is_refused():
 
 
 def test_train_command_logs_the_falling_noise_level(tmp_path, capsys):
+    """On an fsdp x tensor mesh of 8 simulated devices."""
     overrides = [f"--config.{o}" for o in SMALL_MODEL]
     assert main(["train", f"--config={TINY}", f"--workdir={tmp_path}", *overrides, "--config.train.steps=4",
                  "--config.train.objective=block_diffusion", "--config.train.block_size=4",
                  "--config.train.mask_embedding_noise=0.8", "--config.train.mask_embedding_noise_steps=2",
-                 "--config.checkpoint.tensorboard=False", "--config.train.eval_batches=1"]) == 0
+                 "--config.checkpoint.tensorboard=False", "--config.train.eval_batches=1", "--config.mesh.fsdp=4",
+                 "--config.mesh.tensor=2"]) == 0
     out = capsys.readouterr().out
     assert "| mask noise 0.800" in out and "| mask noise 0.000" in out
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
