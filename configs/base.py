@@ -115,7 +115,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.init_from = ""  # params checkpoint to start from (fresh optimizer, step 0), e.g. for SFT
     # Gaussian noise (this standard deviation) on the embedding of every mask-token input while training, falling
     # linearly to 0 at step mask_embedding_noise_steps (0: the whole run); eval, sample and score see none.
-    # LLaDA2.0 adds it early when continuing an AR model, whose mask embedding was never trained.
+    # LLaDA2.0 adds it early when continuing an AR model, whose mask embedding was never trained. The AR baseline
+    # (no mask tokens in its inputs) ignores it.
     c.train.mask_embedding_noise = 0.0
     c.train.mask_embedding_noise_steps = 0
     # Block diffusion (train.objective=block_diffusion). Block b(i) = i // block_size of each row; a block size

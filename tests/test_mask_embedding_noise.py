@@ -1,6 +1,7 @@
 """LLaDA2.0's Gaussian noise on mask-token embeddings (train.mask_embedding_noise): drawn only where an input is the
 mask id, scaled per row, falling linearly to 0 over train.mask_embedding_noise_steps, present in training steps of
-every diffusion objective and absent from eval; bad settings are one sentence; `llada-jax train` logs its level."""
+every diffusion objective, absent from eval and from the AR baseline; bad settings are one sentence; `llada-jax
+train` logs its level."""
 import json
 
 import jax
@@ -100,9 +101,20 @@ def test_bad_noise_settings_are_one_sentence(setting, message):
         validate(small_config(setting))
 
 
-def test_noise_on_the_autoregressive_baseline_is_refused():
-    with pytest.raises(ConfigError, match="never has; set it to 0 or use a diffusion objective"):
-        validate(small_config("train.objective=ar", "model.causal=True", "train.mask_embedding_noise=0.1"))
+def test_the_autoregressive_baseline_ignores_the_noise_like_a_comparisons_other_fields():
+    """One set of overrides serves MDM, block diffusion and the AR baseline (sweeps, benchmarks/block_diffusion.py):
+    AR inputs hold no mask tokens, so its step is the plain one and logs no noise level."""
+    ar = ("train.objective=ar", "model.causal=True", F32)
+    noisy = small_config(*ar, "train.mask_embedding_noise=3.0")
+    validate(noisy)
+    plain = small_config(*ar)
+    _, _, graphdef, params = model_and_params(plain)
+    tx, schedule = make_optimizer(plain.optimizer, plain.train.steps)
+    state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params))
+    batch = {"tokens": jnp.asarray(np.random.default_rng(1).integers(3, 250, (8, 16)).astype(np.int32))}
+    got, want = (jax.jit(lambda s, b, c=c: train_step(graphdef, c, tx, schedule, s, b))(state, batch)[1]
+                 for c in (noisy, plain))
+    assert "mask_noise_std" not in got and float(got["loss"]) == float(want["loss"])
 
 
 def test_train_command_logs_the_falling_noise_level(tmp_path, capsys):

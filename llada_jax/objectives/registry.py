@@ -21,6 +21,7 @@ class Objective:
     loss_meaning: str = "ELBO bound"  # what the reported nats/token are
     accuracy_label: str = "masked"  # the progress line's name for whose accuracy it is
     accuracy_meaning: str = "masked-token"  # the same in the closing line
+    masks_inputs: bool = True  # its inputs hold mask tokens (train.mask_embedding_noise has something to noise)
     # (train config, 0-based step) -> the block size that step trains with, for objectives that train in blocks; a
     # step per distinct value is compiled (training/trainer.py); eval uses the size the run ends at
     block_size_at: Callable | None = None
@@ -34,7 +35,7 @@ OBJECTIVES = {
     "mdm": Objective(mdm.loss),
     "sft": Objective(sft.loss, batch_fields=sft.BATCH_FIELDS),
     "ar": Objective(ar.loss, loss_label="NLL", loss_meaning="NLL", accuracy_label="next-token",
-                    accuracy_meaning="next-token"),
+                    accuracy_meaning="next-token", masks_inputs=False),
     "block_diffusion": Objective(block_diffusion.loss, loss_meaning="block-diffusion bound",
                                  block_size_at=block_diffusion.block_size_at, block_sizes=block_diffusion.block_sizes,
                                  flops_per_token=block_diffusion.flops_per_token),
