@@ -76,7 +76,7 @@ def mask_embedding_noise_at(t, step):
     train.mask_embedding_noise, falling linearly to 0 at train.mask_embedding_noise_steps (0: the whole run).
 
     LLaDA2.0 adds such noise early in continued pretraining from an AR model, whose mask embedding was never
-    trained: without it every masked position starts from the same near-constant vector and gradients spike.
+    trained, to keep the gradients stable.
     """
     std = float(t.get("mask_embedding_noise", 0.0))
     steps = int(t.get("mask_embedding_noise_steps", 0))

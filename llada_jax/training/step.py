@@ -16,8 +16,7 @@ import optax
 from llada_jax.config import ModelConfig
 from llada_jax.models import registry as model_lib
 from llada_jax.objectives import losses, masking, router_losses
-from llada_jax.objectives import registry as objectives
-from llada_jax.objectives.registry import compute_loss
+from llada_jax.objectives.registry import compute_loss, get as get_objective
 
 
 @flax.struct.dataclass
@@ -77,7 +76,7 @@ def train_step(graphdef, config, tx, schedule, state: TrainState, batch):
     """One optimizer step over `grad_accum_steps` equal micro-batches."""
     key = step_key(config.train.seed, state.step)
     noise_std = None
-    if config.train.get("mask_embedding_noise", 0.0) > 0 and objectives.get(config.train.objective).masks_inputs:
+    if config.train.get("mask_embedding_noise", 0.0) > 0 and get_objective(config.train.objective).masks_inputs:
         # a per-row field, so micro-batches split it like tokens
         noise_std = masking.mask_embedding_noise_at(config.train, state.step)
         batch = {**batch, "mask_noise_std": jnp.full(batch["tokens"].shape[:1], noise_std, jnp.float32)}
